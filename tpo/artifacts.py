@@ -1,0 +1,253 @@
+"""The artifact layout (DESIGN.md, "Artifact contract") and its safe readers and writers.
+
+Every path a phase reads or writes comes from `RunDir`; nothing else in the code base builds an
+artifact path. Writes are atomic (temp file in the same directory, fsync, rename), and a phase's
+`DONE` marker is written last, so a crashed phase never leaves a file a later phase could
+mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ArtifactError(ValueError):
+    """A malformed or missing artifact, named by path (and line)."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """`<root>/<namespace>/<run>/` and everything under it."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, root: str | Path, namespace: str, run: str) -> RunDir:
+        return cls(Path(root) / namespace / run)
+
+    # run-level
+    @property
+    def spec(self) -> Path:
+        return self.path / "spec.json"
+
+    @property
+    def status(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def data(self) -> Path:
+        return self.path / "data"
+
+    def prompts(self, iteration: int) -> Path:
+        return self.data / f"prompts-{iteration}.jsonl"
+
+    @property
+    def eval_prompts(self) -> Path:
+        return self.data / "eval.jsonl"
+
+    @property
+    def seed_model(self) -> Path:
+        """Where prepare stages a hub seed model, if the spec names one by hub id."""
+        return self.path / "seed-model"
+
+    # iteration-level
+    def iter_dir(self, iteration: int) -> Path:
+        return self.path / f"iter-{iteration}"
+
+    def samples_dir(self, iteration: int) -> Path:
+        return self.iter_dir(iteration) / "samples"
+
+    def samples(self, iteration: int, shard: int) -> Path:
+        return self.samples_dir(iteration) / f"{shard}.jsonl"
+
+    def scores_dir(self, iteration: int) -> Path:
+        return self.iter_dir(iteration) / "scores"
+
+    def scores(self, iteration: int, shard: int) -> Path:
+        return self.scores_dir(iteration) / f"{shard}.jsonl"
+
+    def pairs(self, iteration: int) -> Path:
+        return self.iter_dir(iteration) / "pairs.jsonl"
+
+    def model(self, iteration: int) -> Path:
+        return self.iter_dir(iteration) / "model"
+
+    def checkpoints(self, iteration: int) -> Path:
+        return self.iter_dir(iteration) / "checkpoints"
+
+    def eval_result(self, iteration: int) -> Path:
+        return self.iter_dir(iteration) / "eval.json"
+
+    def eval_outputs(self, iteration: int) -> Path:
+        return self.iter_dir(iteration) / "eval-outputs.jsonl"
+
+    def done(self, phase: str, iteration: int, shard: int | None = None) -> Path:
+        """`prepare` is run-level (iteration 0); sharded phases get one marker per shard."""
+        name = f"{phase}.DONE" if shard is None else f"{phase}-{shard}.DONE"
+        if phase == "prepare":
+            return self.path / name
+        return self.iter_dir(iteration) / name
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def plot(self) -> Path:
+        return self.path / "report.png"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temp path beside `target`; rename it into place only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temp directory beside `target`; it replaces `target` only on success."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing") from None
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path}: not UTF-8 ({e.reason})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def iter_jsonl(
+    path: Path, required: Iterable[str] = (), *, final_newline: bool = True
+) -> Iterator[dict[str, Any]]:
+    """Yield objects; a malformed line raises ArtifactError naming the file and line number.
+
+    Our own artifacts always end in a newline, so a last line without one is a truncated
+    write; user datasets (`final_newline=False`) may omit it.
+    """
+    required = tuple(required)
+    try:
+        f = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the `with` below
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing") from None
+    with f:
+        lineno = 0
+        while True:
+            lineno += 1
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                raise ArtifactError(f"{path}:{lineno}: not UTF-8 ({e.reason})") from None
+            if not line:
+                return
+            if not line.strip():
+                continue
+            if final_newline and not line.endswith("\n"):
+                raise ArtifactError(f"{path}:{lineno}: truncated line (no newline at end)")
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ArtifactError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ArtifactError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
+                )
+            missing = [k for k in required if k not in obj]
+            if missing:
+                raise ArtifactError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+            yield obj
+
+
+def read_jsonl(
+    path: Path, required: Iterable[str] = (), *, final_newline: bool = True
+) -> list[dict[str, Any]]:
+    return list(iter_jsonl(path, required, final_newline=final_newline))
+
+
+# --------------------------------------------------------------------------- DONE markers
+
+
+def write_done(path: Path, summary: dict[str, Any]) -> None:
+    write_json(path, summary)
+
+
+def read_done(path: Path) -> dict[str, Any] | None:
+    """The phase summary, or None when the phase has not finished. A corrupt marker is an error."""
+    if not path.exists():
+        return None
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{path}: expected a JSON object")
+    return obj

