@@ -1,0 +1,153 @@
+"""The run's status as a pure fold over phase summaries.
+
+The local runner (reading DONE markers) and the operator (reading pods' termination messages)
+see the same summaries and must produce the same `TPORunStatus`, so both call `apply_summary`.
+It is idempotent: applying a summary twice leaves the status unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tpo.spec import Condition, IterationStatus, TPORunStatus
+
+# Fields copied from a phase summary into the iteration's history entry, by phase.
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "generate": ("samples", "parse_failure_rate", "mean_thought_tokens", "mean_response_tokens"),
+    "judge": (
+        "pairs",
+        "skipped_prompts",
+        "judge_mean_score",
+        "rho",
+        "chosen_mean_tokens",
+        "rejected_mean_tokens",
+        "parse_failure_rate",
+    ),
+    "train": ("train_loss", "reward_margin", "model_path"),
+    "evaluate": (
+        "win_rate",
+        "win_rate_low",
+        "win_rate_high",
+        "wins",
+        "ties",
+        "losses",
+        "eval_parse_failure_rate",
+        "mean_thought_tokens",
+        "mean_response_tokens",
+        "categories",
+    ),
+}
+# Generation's token means describe training samples; evaluation's describe the model's
+# eval outputs (the paper's reported lengths). Evaluation wins when both exist.
+_EVAL_OWNS = {"mean_thought_tokens", "mean_response_tokens"}
+# Summed (not averaged) across the shards of a phase.
+_ADDITIVE = {"samples", "pairs", "skipped_prompts", "wins", "ties", "losses"}
+
+
+def merge_shards(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary for a sharded phase: counts add, means are weighted by sample counts."""
+    if len(summaries) == 1:
+        return dict(summaries[0])
+    weight_key = "samples" if any("samples" in s for s in summaries) else "pairs"
+    weights = [float(s.get(weight_key) or 0) for s in summaries]
+    if not sum(weights):
+        weights = [1.0] * len(summaries)
+    out: dict[str, Any] = {k: v for k, v in summaries[0].items() if k not in ("shard",)}
+    for key in {k for s in summaries for k in s}:
+        vals = [s.get(key) for s in summaries]
+        if key in ("phase", "iteration", "shards", "shard", "categories", "model_path"):
+            continue
+        if key == "seconds":
+            out[key] = max(float(v or 0) for v in vals)
+        elif key in _ADDITIVE:
+            out[key] = sum(int(v or 0) for v in vals)
+        elif all(isinstance(v, int | float) for v in vals if v is not None) and any(
+            v is not None for v in vals
+        ):
+            pairs = [(float(v), w) for v, w in zip(vals, weights, strict=True) if v is not None]
+            wsum = sum(w for _, w in pairs) or 1.0
+            out[key] = sum(v * w for v, w in pairs) / wsum
+    out["shards"] = len(summaries)
+    out.pop("shard", None)
+    return out
+
+
+def _entry(status: TPORunStatus, iteration: int) -> IterationStatus:
+    for h in status.history:
+        if h.iteration == iteration:
+            return h
+    h = IterationStatus(iteration=iteration)
+    status.history.append(h)
+    status.history.sort(key=lambda e: e.iteration)
+    return h
+
+
+def apply_summary(status: TPORunStatus, summary: dict[str, Any]) -> TPORunStatus:
+    """Record one (merged) phase summary in a copy of `status`; never mutates the input."""
+    new = status.model_copy(deep=True)
+    phase = summary.get("phase")
+    iteration = int(summary.get("iteration", 0))
+    if phase not in _FIELDS and phase != "prepare":
+        raise ValueError(f"summary has unknown phase {phase!r}")
+    if phase == "prepare":
+        return new
+    h = _entry(new, iteration)
+    data = h.model_dump()
+    for key in _FIELDS[phase]:
+        if key not in summary or summary[key] is None:
+            continue
+        if phase == "generate" and key in _EVAL_OWNS and h.win_rate is not None:
+            continue
+        data[key] = summary[key]
+    if "seconds" in summary:
+        data["phase_seconds"] = {**h.phase_seconds, phase: round(float(summary["seconds"]), 3)}
+    updated = IterationStatus.model_validate(data)
+    new.history = [updated if e.iteration == iteration else e for e in new.history]
+    if phase == "evaluate":
+        rated = [e for e in new.history if e.win_rate is not None]
+        if rated:
+            latest = max(rated, key=lambda e: e.iteration)
+            new.win_rate = latest.win_rate
+            new.thought_tokens = latest.mean_thought_tokens
+    return new
+
+
+def set_condition(
+    status: TPORunStatus,
+    type_: str,
+    value: bool | str,
+    reason: str,
+    message: str,
+    now: str,
+    generation: int | None = None,
+) -> TPORunStatus:
+    """Upsert a condition; lastTransitionTime changes only when the status value changes."""
+    new = status.model_copy(deep=True)
+    val = value if isinstance(value, str) else ("True" if value else "False")
+    for i, c in enumerate(new.conditions):
+        if c.type == type_:
+            changed = c.status != val
+            new.conditions[i] = Condition(
+                type=type_,
+                status=val,
+                reason=reason,
+                message=message,
+                last_transition_time=now if changed else c.last_transition_time,
+                observed_generation=generation,
+            )
+            return new
+    new.conditions.append(
+        Condition(
+            type=type_,
+            status=val,
+            reason=reason,
+            message=message,
+            last_transition_time=now,
+            observed_generation=generation,
+        )
+    )
+    return new
+
+
+def condition(status: TPORunStatus, type_: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_), None)
