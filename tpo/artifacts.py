@@ -74,8 +74,12 @@ class RunDir:
     def scores(self, iteration: int, shard: int) -> Path:
         return self.scores_dir(iteration) / f"{shard}.jsonl"
 
-    def pairs(self, iteration: int) -> Path:
-        return self.iter_dir(iteration) / "pairs.jsonl"
+    def pairs_dir(self, iteration: int) -> Path:
+        return self.iter_dir(iteration) / "pairs"
+
+    def pairs(self, iteration: int, shard: int) -> Path:
+        """One file per judge shard, so sharded judges never write the same file."""
+        return self.pairs_dir(iteration) / f"{shard}.jsonl"
 
     def model(self, iteration: int) -> Path:
         return self.iter_dir(iteration) / "model"
@@ -85,6 +89,14 @@ class RunDir:
 
     def eval_result(self, iteration: int) -> Path:
         return self.iter_dir(iteration) / "eval.json"
+
+    def baseline_outputs(self, key: str) -> Path:
+        """Evaluation outputs of a fixed arm (the seed, a baseline model), made once per run."""
+        return self.data / f"eval-outputs-{key}.jsonl"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
 
     def eval_outputs(self, iteration: int) -> Path:
         return self.iter_dir(iteration) / "eval-outputs.jsonl"
@@ -197,11 +209,21 @@ def iter_jsonl(
     Our own artifacts always end in a newline, so a last line without one is a truncated
     write; user datasets (`final_newline=False`) may omit it.
     """
+    for _, obj in iter_jsonl_numbered(path, required, final_newline=final_newline):
+        yield obj
+
+
+def iter_jsonl_numbered(
+    path: Path, required: Iterable[str] = (), *, final_newline: bool = True
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) pairs; blank lines are skipped but counted."""
     required = tuple(required)
     try:
         f = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the `with` below
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"{path}: is a directory, expected a JSONL file") from None
     with f:
         lineno = 0
         while True:
@@ -227,7 +249,7 @@ def iter_jsonl(
             missing = [k for k in required if k not in obj]
             if missing:
                 raise ArtifactError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-            yield obj
+            yield lineno, obj
 
 
 def read_jsonl(

