@@ -1,0 +1,239 @@
+"""`tpo run FILE.yaml`: a whole TPORun on this machine, no cluster.
+
+It takes the same manifest a user would `kubectl apply`, and runs the same `tpo phase` entrypoint
+as the operator's Jobs, as subprocesses, in the same order. The run's status lives in
+`<run dir>/status.json` (the operator's status model), updated after every phase. Re-running
+continues where an interrupted run stopped: finished phases are skipped by their DONE markers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tpo import artifacts as A
+from tpo.artifacts import RunDir
+from tpo.errors import EXIT_BAD_INPUT, BadInput
+from tpo.spec import PHASE_OF_STEP, RunPhase, SpecError, TPORunSpec, TPORunStatus, parse_manifest
+from tpo.status import apply_summary, merge_shards, set_condition
+
+Step = tuple[str, int, int]  # (phase, iteration, shards)
+
+
+def steps(spec: TPORunSpec) -> list[Step]:
+    """The run's phases in order; iteration 0 evaluates the seed with vs without thoughts."""
+    out: list[Step] = [("prepare", 0, 1), ("evaluate", 0, 1)]
+    for t in range(1, spec.iterations + 1):
+        out += [
+            ("generate", t, spec.generation.shards),
+            ("judge", t, spec.judge.shards),
+            ("train", t, 1),
+            ("evaluate", t, 1),
+        ]
+    return out
+
+
+def load_manifest(path: Path) -> tuple[dict[str, Any], TPORunSpec]:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise BadInput(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    meta, spec = parse_manifest(doc)
+    return meta, resolve_paths(spec, path.resolve().parent)
+
+
+def resolve_paths(spec: TPORunSpec, base: Path) -> TPORunSpec:
+    """Relative paths in a local manifest are relative to the manifest's directory."""
+    data = spec.model_dump(by_alias=True)
+
+    def fix(obj: dict[str, Any] | None, key: str) -> None:
+        if obj and obj.get(key) and not os.path.isabs(obj[key]):
+            obj[key] = str((base / obj[key]).resolve())
+
+    fix(data["model"], "path")
+    fix(data["dataset"], "path")
+    judge = data["judge"]
+    for block in ("rewardModel", "pairwise"):
+        fix(judge.get(block), "path")
+    fix(data["evaluation"].get("baselineModel"), "path")
+    return TPORunSpec.model_validate(data)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Runner:
+    def __init__(self, run: RunDir, spec: TPORunSpec, quiet: bool = False):
+        self.run, self.spec, self.quiet = run, spec, quiet
+        self.status = (
+            TPORunStatus.model_validate(A.read_json(run.status))
+            if run.status.exists()
+            else TPORunStatus()
+        )
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, flush=True)
+
+    def save(self) -> None:
+        A.write_json(self.run.status, self.status.dump())
+
+    def command(self, phase: str, t: int, shard: int, shards: int) -> list[str]:
+        cmd = [sys.executable, "-m", "tpo.cli", "phase", phase]
+        cmd += ["--run-dir", str(self.run.path), "--iteration", str(t)]
+        if shards > 1:
+            cmd += ["--shard", f"{shard}/{shards}"]
+        tr = self.spec.training
+        if phase == "train" and tr.nodes == 1 and tr.gpus_per_node > 1:
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={tr.gpus_per_node}",
+                "-m",
+                "tpo.cli",
+                *cmd[3:],
+            ]
+        return cmd
+
+    def run_step(self, step: Step, index: int, total: int) -> int:
+        phase, t, shards = step
+        self.status.phase = PHASE_OF_STEP[phase]
+        self.status.iteration = t
+        self.status = set_condition(
+            self.status, "Progressing", True, "PhaseRunning", f"{phase} iteration {t}", now()
+        )
+        self.save()
+        summaries = []
+        started = time.time()
+        for shard in range(shards):
+            existing = A.read_done(
+                self.run.done(phase, t, shard if phase in ("generate", "judge") else None)
+            )
+            if existing is not None:
+                summaries.append(existing)
+                continue
+            rc = self._subprocess(phase, t, shard, shards)
+            if rc != 0:
+                return rc
+            done = self.run.done(phase, t, shard if phase in ("generate", "judge") else None)
+            summaries.append(A.read_json(done))
+        merged = merge_shards(summaries)
+        self.status = apply_summary(self.status, merged)
+        self.save()
+        self.say(
+            f"[{index:>2}/{total}] {phase:<8} iter {t}  {time.time() - started:6.1f}s  "
+            f"{describe(merged)}"
+        )
+        return 0
+
+    def _subprocess(self, phase: str, t: int, shard: int, shards: int) -> int:
+        name = f"{phase}-{t}" + (f"-{shard}" if shards > 1 else "") + ".log"
+        log = self.run.logs / name
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+        env.pop("TPO_TERMINATION_LOG", None)
+        with open(log, "w") as f:
+            proc = subprocess.run(
+                self.command(phase, t, shard, shards), stdout=f, stderr=subprocess.STDOUT, env=env
+            )
+        if proc.returncode != 0:
+            tail = log.read_text(errors="replace").splitlines()[-25:]
+            reason = "BadInput" if proc.returncode == EXIT_BAD_INPUT else "PhaseCrashed"
+            last = next((x for x in reversed(tail) if x.strip()), "")
+            self.fail(reason, f"{phase} iteration {t} exited {proc.returncode}: {last}")
+            print("\n".join(tail), file=sys.stderr)
+            print(f"phase {phase} (iteration {t}) failed; full log: {log}", file=sys.stderr)
+        return proc.returncode
+
+    def fail(self, reason: str, message: str) -> None:
+        self.status.phase = RunPhase.failed
+        self.status.message = message
+        self.status = set_condition(self.status, "Failed", True, reason, message, now())
+        self.status = set_condition(self.status, "Progressing", False, reason, message, now())
+        self.status.finished_at = now()
+        self.save()
+
+    def execute(self) -> int:
+        plan = steps(self.spec)
+        self.status.started_at = self.status.started_at or now()
+        self.status = set_condition(self.status, "Failed", False, "Running", "", now())
+        for i, step in enumerate(plan, 1):
+            rc = self.run_step(step, i, len(plan))
+            if rc != 0:
+                return rc
+        self.status.phase = RunPhase.succeeded
+        self.status.message = f"{self.spec.iterations} iteration(s) done"
+        self.status.finished_at = now()
+        for ctype, val, reason in (
+            ("Succeeded", True, "AllIterationsDone"),
+            ("Progressing", False, "Finished"),
+            ("Ready", True, "Finished"),
+        ):
+            self.status = set_condition(self.status, ctype, val, reason, self.status.message, now())
+        self.save()
+        return 0
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """The few numbers of a phase summary worth a glance in the progress line."""
+    keys = {
+        "prepare": ("prompts_per_iteration", "eval_prompts"),
+        "generate": ("samples", "parse_failure_rate", "mean_thought_tokens", "tokens_per_second"),
+        "judge": ("pairs", "skipped_prompts", "judge_mean_score", "rho"),
+        "train": ("steps", "train_loss", "reward_margin", "reward_accuracy"),
+        "evaluate": ("win_rate", "win_rate_low", "win_rate_high", "mean_thought_tokens"),
+    }[summary["phase"]]
+    parts = []
+    for k in keys:
+        v = summary.get(k)
+        if v is not None:
+            parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+def main(args: Any) -> int:
+    path = Path(args.manifest)
+    try:
+        meta, spec = load_manifest(path)
+    except SpecError as e:
+        print(f"error: {path}: invalid TPORun:", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    run = RunDir.of(args.out, meta.get("namespace") or "default", meta["name"])
+    if run.spec.exists():
+        from tpo.phases import spec_diff
+        from tpo.spec import parse_spec
+
+        diff = spec_diff(parse_spec(A.read_json(run.spec)), spec)
+        if diff:
+            raise BadInput(
+                f"{run.path} was started with a different spec ({', '.join(diff)}); "
+                f"use another --out or metadata.name, or delete the run directory"
+            )
+    else:
+        A.write_json(run.spec, spec.dump())
+    runner = Runner(run, spec, quiet=args.quiet)
+    runner.say(f"TPORun {meta['name']}: {spec.iterations} iteration(s) -> {run.path}")
+    rc = runner.execute()
+    if rc == 0:
+        from tpo.report import summary_table, write_report
+
+        report = write_report(run, runner.status, spec)
+        runner.say("\n" + summary_table(runner.status))
+        runner.say(f"\nreport: {report}  plot: {run.plot}  status: {run.status}")
+    return rc

@@ -1,0 +1,676 @@
+"""`tpo phase NAME`: the one entrypoint that Kubernetes Jobs and the local runner both call.
+
+Each phase reads the spec snapshot and earlier artifacts, writes its own artifacts atomically,
+writes its DONE marker last (the summary), and prints the summary as its last stdout line (and
+to the pod's termination log, where the operator reads it). A phase whose DONE exists returns at
+once, so retries and restarts never redo finished work. Exit codes: 0 done, 3 bad input (Jobs
+fail fast), 1 crash (Jobs retry).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tpo import artifacts as A
+from tpo.artifacts import ArtifactError, RunDir
+from tpo.errors import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_OK, BadInput
+from tpo.spec import PHASES, ModelRef, SpecError, ThoughtPrompt, TPORunSpec, parse_spec
+
+TERMINATION_LIMIT = 4096
+POINTWISE_JUDGES = {"rewardModel", "programmatic"}
+
+
+# --------------------------------------------------------------------------- entry
+
+
+def main(args: Any) -> int:
+    run = RunDir(Path(args.run_dir))
+    shard = args.shard or shard_from_env()
+    try:
+        summary = run_phase(args.name, run, args.iteration, shard, spec_json=args.spec)
+    except (BadInput, ArtifactError, SpecError) as e:
+        print(f"error: {args.name} (iteration {args.iteration}): {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception:
+        traceback.print_exc()
+        return EXIT_CRASH
+    emit(summary)
+    return EXIT_OK
+
+
+def shard_from_env() -> tuple[int, int] | None:
+    """Indexed Jobs give each pod JOB_COMPLETION_INDEX; the Job sets TPO_SHARDS."""
+    if "JOB_COMPLETION_INDEX" in os.environ and "TPO_SHARDS" in os.environ:
+        return int(os.environ["JOB_COMPLETION_INDEX"]), int(os.environ["TPO_SHARDS"])
+    return None
+
+
+def compact(summary: dict[str, Any]) -> str:
+    """The summary as one line that fits a termination message (4096 bytes)."""
+    text = json.dumps(summary, sort_keys=True, separators=(",", ":"))
+    if len(text.encode()) > TERMINATION_LIMIT and "categories" in summary:
+        text = json.dumps(
+            {**summary, "categories": summary["categories"][:8]},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+    if len(text.encode()) > TERMINATION_LIMIT:
+        slim = {k: v for k, v in summary.items() if not isinstance(v, list | dict)}
+        text = json.dumps(slim, sort_keys=True, separators=(",", ":"))
+    return text
+
+
+def emit(summary: dict[str, Any]) -> None:
+    line = compact(summary)
+    path = os.environ.get("TPO_TERMINATION_LOG")
+    if path:
+        try:
+            Path(path).write_text(line)
+        except OSError as e:
+            print(f"warning: cannot write termination log {path}: {e}", file=sys.stderr)
+    sys.stdout.flush()
+    print(line, flush=True)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def run_phase(
+    name: str,
+    run: RunDir,
+    iteration: int,
+    shard: tuple[int, int] | None = None,
+    spec_json: str | None = None,
+) -> dict[str, Any]:
+    if name not in PHASES:
+        raise BadInput(f"unknown phase {name!r}; expected one of {', '.join(PHASES)}")
+    spec = load_spec(run, spec_json if name == "prepare" else None)
+    check_iteration(name, iteration, spec)
+    index, count = resolve_shard(name, shard, spec)
+    done = run.done(name, iteration, index if name in ("generate", "judge") else None)
+    existing = _read_done(done)
+    if existing is not None:
+        return existing
+    started = time.time()
+    fn: Callable[..., dict[str, Any]] = _PHASES[name]
+    summary = fn(spec, run, iteration, index, count)
+    summary = {"phase": name, "iteration": iteration, **summary}
+    if name in ("generate", "judge"):
+        summary.update(shard=index, shards=count)
+    summary["seconds"] = round(time.time() - started, 3)
+    if name == "train" and int(os.environ.get("RANK", "0")) != 0:
+        return summary  # rank 0 alone marks the phase done
+    A.write_done(done, summary)
+    return summary
+
+
+def _read_done(path: Path) -> dict[str, Any] | None:
+    """A corrupt marker is not trusted: the phase is redone (its outputs are rewritten)."""
+    try:
+        return A.read_done(path)
+    except ArtifactError as e:
+        print(f"warning: {e}; redoing the phase", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def load_spec(run: RunDir, spec_json: str | None) -> TPORunSpec:
+    if spec_json is not None:
+        try:
+            data = json.loads(spec_json)
+        except json.JSONDecodeError as e:
+            raise BadInput(f"--spec: invalid JSON ({e.msg} at char {e.pos})") from None
+        spec = parse_spec(data)
+        if run.spec.exists():
+            stored = parse_spec(A.read_json(run.spec))
+            diff = spec_diff(stored, spec)
+            if diff:
+                raise BadInput(
+                    f"{run.spec} holds a different spec; differing fields: {', '.join(diff)}"
+                )
+        else:
+            A.write_json(run.spec, spec.dump())
+        return spec
+    if not run.spec.exists():
+        raise BadInput(f"{run.spec}: missing (the prepare phase writes it)")
+    return parse_spec(A.read_json(run.spec))
+
+
+def spec_diff(a: TPORunSpec, b: TPORunSpec) -> list[str]:
+    """Dotted paths of fields that differ between two specs."""
+    out: list[str] = []
+
+    def walk(x: Any, y: Any, path: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y)):
+                walk(x.get(k), y.get(k), f"{path}.{k}" if path else k)
+        elif x != y:
+            out.append(f"spec.{path}")
+
+    walk(a.dump(), b.dump(), "")
+    return out
+
+
+def check_iteration(name: str, t: int, spec: TPORunSpec) -> None:
+    lo = 0 if name in ("prepare", "evaluate") else 1
+    hi = 0 if name == "prepare" else spec.iterations
+    if not lo <= t <= hi:
+        raise BadInput(f"--iteration {t}: phase {name} runs for iterations {lo}..{hi}")
+
+
+def resolve_shard(name: str, shard: tuple[int, int] | None, spec: TPORunSpec) -> tuple[int, int]:
+    expected = {"generate": spec.generation.shards, "judge": spec.judge.shards}.get(name, 1)
+    if shard is None:
+        if expected != 1:
+            raise BadInput(f"phase {name} has {expected} shards: pass --shard I/{expected}")
+        return 0, 1
+    if shard[1] != expected:
+        raise BadInput(f"--shard {shard[0]}/{shard[1]}: the spec says {expected} shard(s)")
+    return shard
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def model_location(spec: TPORunSpec, run: RunDir, iteration: int) -> str:
+    """M(t): the seed for t = 0, else the model trained in iteration t."""
+    if iteration == 0:
+        return spec.model.location
+    path = run.model(iteration)
+    if not (path / "config.json").exists():
+        raise BadInput(f"{path}: model of iteration {iteration} is missing (train not done?)")
+    return str(path)
+
+
+def check_model(ref: ModelRef, what: str) -> None:
+    """A model given by path must be there; hub ids are resolved by the loader (with HF_TOKEN)."""
+    if ref.path and not (Path(ref.path) / "config.json").exists():
+        raise BadInput(f"{what}.path: {ref.path}: no model there (config.json not found)")
+
+
+def done_shards(run: RunDir, phase: str, iteration: int, shards: int) -> list[dict[str, Any]]:
+    """All shards' summaries, or BadInput naming the missing ones (never a silent partial merge)."""
+    out, missing = [], []
+    for i in range(shards):
+        summary = A.read_done(run.done(phase, iteration, i))
+        if summary is None:
+            missing.append(i)
+        else:
+            out.append(summary)
+    if missing:
+        raise BadInput(
+            f"iteration {iteration}: {phase} shard(s) {missing} of {shards} not done; "
+            f"run them first"
+        )
+    return out
+
+
+def mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _rnd(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def prepare(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
+    ds = spec.dataset
+    path = Path(ds.path)
+    if not path.exists():
+        raise BadInput(f"spec.dataset.path: {path}: no such file")
+    records, seen = [], set()
+    for lineno, obj in _numbered(path):
+        text = obj.get(ds.instruction_field)
+        if not isinstance(text, str) or not text.strip():
+            raise BadInput(
+                f"{path}:{lineno}: field {ds.instruction_field!r} must be a non-empty string"
+            )
+        if text in seen:
+            continue
+        seen.add(text)
+        pid = str(obj.get(ds.id_field)) if ds.id_field and ds.id_field in obj else f"L{lineno}"
+        category = obj.get(ds.category_field) if ds.category_field else None
+        records.append({"prompt_id": pid, "instruction": text, "category": category, "record": obj})
+    ids = [r["prompt_id"] for r in records]
+    if len(set(ids)) != len(ids):
+        raise BadInput(f"{path}: field {ds.id_field!r} has duplicate ids")
+    need = ds.eval_prompts + spec.iterations * ds.prompts_per_iteration
+    if len(records) < need:
+        raise BadInput(
+            f"{path}: {len(records)} distinct instructions, need {need} "
+            f"(evalPrompts {ds.eval_prompts} + iterations {spec.iterations} x "
+            f"promptsPerIteration {ds.prompts_per_iteration})"
+        )
+    random.Random(ds.seed).shuffle(records)
+    A.write_jsonl(run.eval_prompts, records[: ds.eval_prompts])
+    for t in range(1, spec.iterations + 1):
+        lo = ds.eval_prompts + (t - 1) * ds.prompts_per_iteration
+        A.write_jsonl(run.prompts(t), records[lo : lo + ds.prompts_per_iteration])
+    return {
+        "prompts_per_iteration": ds.prompts_per_iteration,
+        "eval_prompts": ds.eval_prompts,
+        "iterations": spec.iterations,
+        "dataset_size": len(records),
+    }
+
+
+def _numbered(path: Path):
+    """(line number, object) for a user dataset; errors name file and line."""
+    return A.iter_jsonl_numbered(path, final_newline=False)
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
+    from tpo.generate import load_generator, shard_items
+    from tpo.prompts import wrap
+    from tpo.thoughts import split_output
+
+    prompts = shard_items(A.read_jsonl(run.prompts(iteration)), index, count)
+    check_model(spec.model, "spec.model")
+    loc = model_location(spec, run, iteration - 1)
+    _, separator = spec.thought_prompt.resolved()
+    g = spec.generation
+    gen = load_generator(loc, g, dtype=spec.model.dtype)
+    try:
+        wrapped = [wrap(spec.thought_prompt, p["instruction"]) for p in prompts]
+        started = time.time()
+        outs = gen.generate(
+            wrapped,
+            n=g.samples,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            max_tokens=g.max_tokens,
+            seed=g.seed + 7919 * iteration + index,
+        )
+        elapsed = time.time() - started
+        rows = []
+        for p, w, comps in zip(prompts, wrapped, outs, strict=True):
+            for k, c in enumerate(comps):
+                s = split_output(c.text, separator)
+                rows.append(
+                    {
+                        "prompt_id": p["prompt_id"],
+                        "instruction": p["instruction"],
+                        "category": p.get("category"),
+                        "record": p["record"],
+                        "prompt": w,
+                        "sample": k,
+                        "text": c.text,
+                        "thought": s.thought,
+                        "response": s.response,
+                        "parse_ok": s.parse_ok,
+                        "failure": s.failure,
+                        "tokens": c.token_count,
+                        "finish_reason": c.finish_reason,
+                    }
+                )
+        thought_n = gen.count_tokens([r["thought"] for r in rows])
+        resp_n = gen.count_tokens([r["response"] for r in rows])
+    finally:
+        gen.close()
+    for r, tn, rn in zip(rows, thought_n, resp_n, strict=True):
+        r["thought_tokens"], r["response_tokens"] = tn, rn
+    A.write_jsonl(run.samples(iteration, index), rows)
+    ok = [r for r in rows if r["parse_ok"]]
+    total_tokens = sum(r["tokens"] for r in rows)
+    _pod_metrics("generation", tokens_per_second=total_tokens / max(elapsed, 1e-9))
+    return {
+        "prompts": len(prompts),
+        "samples": len(rows),
+        "parse_failure_rate": _rnd(1 - len(ok) / len(rows)) if rows else None,
+        "mean_thought_tokens": _rnd(mean([r["thought_tokens"] for r in ok]), 2),
+        "mean_response_tokens": _rnd(mean([r["response_tokens"] for r in ok]), 2),
+        "tokens_per_second": _rnd(total_tokens / max(elapsed, 1e-9), 1),
+    }
+
+
+def _pod_metrics(kind: str, **values: float) -> None:
+    """Expose what only this pod knows while it runs (when TPO_METRICS_PORT is set)."""
+    try:
+        from tpo import podmetrics
+    except ImportError:
+        return
+    if kind == "generation" and hasattr(podmetrics, "set_generation"):
+        podmetrics.set_generation(values["tokens_per_second"], 0)
+
+
+# --------------------------------------------------------------------------- judge
+
+
+def read_samples(spec: TPORunSpec, run: RunDir, iteration: int) -> dict[str, list[dict]]:
+    """All generate shards, grouped by prompt; every prompt exactly once with K samples."""
+    shards = spec.generation.shards
+    done_shards(run, "generate", iteration, shards)
+    expected = [p["prompt_id"] for p in A.read_jsonl(run.prompts(iteration))]
+    groups: dict[str, list[dict]] = defaultdict(list)
+    owner: dict[str, int] = {}
+    for i in range(shards):
+        path = run.samples(iteration, i)
+        for row in A.iter_jsonl(path, required=("prompt_id", "sample", "text", "parse_ok")):
+            pid = row["prompt_id"]
+            if owner.setdefault(pid, i) != i:
+                raise BadInput(f"{path}: prompt {pid} also appears in shard {owner[pid]}")
+            groups[pid].append(row)
+    missing = [p for p in expected if p not in groups]
+    extra = [p for p in groups if p not in set(expected)]
+    if missing or extra:
+        raise BadInput(
+            f"iteration {iteration} samples: {len(missing)} prompt(s) missing "
+            f"{missing[:5]}, {len(extra)} unexpected {extra[:5]}"
+        )
+    k = spec.generation.samples
+    for pid, rows in groups.items():
+        if sorted(r["sample"] for r in rows) != list(range(k)):
+            raise BadInput(
+                f"iteration {iteration}: prompt {pid} has samples "
+                f"{sorted(r['sample'] for r in rows)}, expected 0..{k - 1}"
+            )
+    return {pid: sorted(groups[pid], key=lambda r: r["sample"]) for pid in expected}
+
+
+def judge(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
+    from tpo.generate import shard_items
+    from tpo.judges import JudgeItem, load_judge
+    from tpo.scoring import choose_rho, length_control, select_pair
+
+    groups = read_samples(spec, run, iteration)
+    mine = shard_items(list(groups), index, count)
+    items = [
+        [
+            JudgeItem(r["instruction"], r["response"] if r["parse_ok"] else None, r["record"])
+            for r in groups[pid]
+        ]
+        for pid in mine
+    ]
+    j = load_judge(spec.judge)
+    try:
+        raw = j.score_groups(items)
+    finally:
+        j.close()
+    lengths = [[int(r["response_tokens"]) for r in groups[pid]] for pid in mine]
+    oks = [[bool(r["parse_ok"]) for r in groups[pid]] for pid in mine]
+    lc = spec.judge.length_control
+    rho = choose_rho(list(zip(raw, lengths, oks, strict=True)), rho_max=1.0) if lc.auto else lc.rho
+    score_rows, pair_rows, skipped = [], [], 0
+    for pid, scores, lens, ok in zip(mine, raw, lengths, oks, strict=True):
+        adjusted = length_control(scores, lens, rho)
+        pair = select_pair(adjusted, ok)
+        rows = groups[pid]
+        for r, s, a in zip(rows, scores, adjusted, strict=True):
+            score_rows.append(
+                {
+                    "prompt_id": pid,
+                    "sample": r["sample"],
+                    "score": s,
+                    "adjusted": a,
+                    "parse_ok": r["parse_ok"],
+                    "chosen": pair is not None and r["sample"] == pair.chosen,
+                    "rejected": pair is not None and r["sample"] == pair.rejected,
+                }
+            )
+        if pair is None:
+            skipped += 1
+            continue
+        c, rj = rows[pair.chosen], rows[pair.rejected]
+        pair_rows.append(
+            {
+                "prompt_id": pid,
+                "prompt": c["prompt"],
+                "chosen": c["text"],
+                "rejected": rj["text"],
+                "chosen_score": scores[pair.chosen],
+                "rejected_score": scores[pair.rejected],
+                "chosen_tokens": c["response_tokens"],
+                "rejected_tokens": rj["response_tokens"],
+                "chosen_sample": c["sample"],
+                "rejected_sample": rj["sample"],
+            }
+        )
+    A.write_jsonl(run.scores(iteration, index), score_rows)
+    A.write_jsonl(run.pairs(iteration, index), pair_rows)
+    valid = [s for row in raw for s in row if s is not None]
+    n_samples = sum(len(x) for x in oks)
+    return {
+        "pairs": len(pair_rows),
+        "skipped_prompts": skipped,
+        "judge_mean_score": _rnd(mean(valid)),
+        "rho": _rnd(rho),
+        "chosen_mean_tokens": _rnd(mean([p["chosen_tokens"] for p in pair_rows]), 2),
+        "rejected_mean_tokens": _rnd(mean([p["rejected_tokens"] for p in pair_rows]), 2),
+        "parse_failure_rate": _rnd(1 - sum(map(sum, oks)) / n_samples) if n_samples else None,
+    }
+
+
+# --------------------------------------------------------------------------- train
+
+
+def read_pairs(spec: TPORunSpec, run: RunDir, iteration: int) -> list[dict]:
+    shards = spec.judge.shards
+    done_shards(run, "judge", iteration, shards)
+    rows, seen = [], {}
+    for i in range(shards):
+        path = run.pairs(iteration, i)
+        for row in A.iter_jsonl(path, required=("prompt_id", "prompt", "chosen", "rejected")):
+            if row["prompt_id"] in seen:
+                raise BadInput(
+                    f"{path}: prompt {row['prompt_id']} duplicated in shard "
+                    f"{seen[row['prompt_id']]}"
+                )
+            seen[row["prompt_id"]] = i
+            rows.append(row)
+    return rows
+
+
+def train(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
+    from tpo.train import train_dpo
+
+    pairs = read_pairs(spec, run, iteration)
+    check_model(spec.model, "spec.model")
+    base = model_location(spec, run, iteration - 1)
+    out = train_dpo(
+        spec,
+        base_model=Path(base) if Path(base).exists() else base,
+        pairs=pairs,
+        out_dir=run.model(iteration),
+        work_dir=run.checkpoints(iteration),
+    )
+    keep = ("train_loss", "reward_margin", "reward_accuracy", "steps", "pairs")
+    summary = {k: out.get(k) for k in keep if k in out}
+    summary["model_path"] = str(run.model(iteration))
+    return summary
+
+
+# --------------------------------------------------------------------------- evaluate
+
+_DIRECT = ThoughtPrompt(type="none")
+
+
+def _eval_outputs(
+    spec: TPORunSpec, loc: str, prompts: list[dict], arms: dict[str, ThoughtPrompt]
+) -> dict[str, list[dict]]:
+    """Greedy (or spec'd) outputs of one model under each thought prompt; one engine load."""
+    from tpo.generate import load_generator
+    from tpo.prompts import wrap
+    from tpo.thoughts import split_output
+
+    ev = spec.evaluation
+    gen = load_generator(loc, spec.generation, dtype=spec.model.dtype)
+    out: dict[str, list[dict]] = {}
+    try:
+        for arm, tp in arms.items():
+            _, sep = tp.resolved()
+            wrapped = [wrap(tp, p["instruction"]) for p in prompts]
+            comps = gen.generate(
+                wrapped,
+                n=1,
+                temperature=ev.temperature,
+                top_p=spec.generation.top_p if ev.temperature > 0 else 1.0,
+                max_tokens=spec.generation.max_tokens,
+                seed=spec.generation.seed,
+            )
+            rows = []
+            for p, c in zip(prompts, comps, strict=True):
+                s = split_output(c[0].text, sep)
+                rows.append(
+                    {
+                        "prompt_id": p["prompt_id"],
+                        "text": c[0].text,
+                        "thought": s.thought,
+                        "response": s.response,
+                        "parse_ok": s.parse_ok,
+                    }
+                )
+            tn = gen.count_tokens([r["thought"] for r in rows])
+            rn = gen.count_tokens([r["response"] for r in rows])
+            for r, a, b in zip(rows, tn, rn, strict=True):
+                r["thought_tokens"], r["response_tokens"] = a, b
+            out[arm] = rows
+    finally:
+        gen.close()
+    return out
+
+
+def _cached_arm(
+    spec: TPORunSpec, run: RunDir, key: str, loc: str, prompts: list[dict], tp: ThoughtPrompt
+) -> list[dict]:
+    path = run.baseline_outputs(key)
+    if path.exists():
+        return A.read_jsonl(path)
+    rows = _eval_outputs(spec, loc, prompts, {key: tp})[key]
+    A.write_jsonl(path, rows)
+    return rows
+
+
+def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
+    from tpo.evaluate import category_win_rates, win_rate
+    from tpo.judges import JudgeItem, load_judge
+
+    prompts = A.read_jsonl(run.eval_prompts)
+    if spec.evaluation.prompts:
+        prompts = prompts[: spec.evaluation.prompts]
+    seed = spec.model.location
+    check_model(spec.model, "spec.model")
+    tp = spec.thought_prompt
+    if iteration == 0:
+        # The paper's first row: the seed with the thought prompt vs the seed answering directly.
+        cand = _cached_arm(spec, run, f"seed-{tp.type}", seed, prompts, tp)
+        base = _cached_arm(spec, run, "seed-none", seed, prompts, _DIRECT)
+    else:
+        cand = _eval_outputs(spec, model_location(spec, run, iteration), prompts, {"c": tp})["c"]
+        base = _baseline(spec, run, prompts)
+    j = load_judge(spec.judge)
+    try:
+        outcomes = _compare(j, JudgeItem, prompts, cand, base)
+        cand_score = _pointwise_mean(spec, j, JudgeItem, prompts, cand)
+        base_score = _pointwise_mean(spec, j, JudgeItem, prompts, base)
+    finally:
+        j.close()
+    scored = [
+        (o, p.get("category")) for o, p in zip(outcomes, prompts, strict=True) if o is not None
+    ]
+    if not scored:
+        raise BadInput("evaluation: the judge returned no usable verdict for any eval prompt")
+    wr = win_rate([o for o, _ in scored])
+    cats = category_win_rates([o for o, _ in scored], [c for _, c in scored])
+    A.write_jsonl(
+        run.eval_outputs(iteration),
+        [
+            {
+                "prompt_id": p["prompt_id"],
+                "category": p.get("category"),
+                "candidate": c["text"],
+                "baseline": b["text"],
+                "outcome": o,
+            }
+            for p, c, b, o in zip(prompts, cand, base, outcomes, strict=True)
+        ],
+    )
+    ok = [r for r in cand if r["parse_ok"]]
+    result = {
+        "win_rate": _rnd(wr.rate),
+        "win_rate_low": _rnd(wr.low),
+        "win_rate_high": _rnd(wr.high),
+        "wins": wr.wins,
+        "ties": wr.ties,
+        "losses": wr.losses,
+        "n": wr.n,
+        "judge_errors": len(outcomes) - len(scored),
+        "mean_thought_tokens": _rnd(mean([r["thought_tokens"] for r in ok]), 2),
+        "mean_response_tokens": _rnd(mean([r["response_tokens"] for r in ok]), 2),
+        "eval_parse_failure_rate": _rnd(1 - len(ok) / len(cand)) if cand else None,
+        "eval_judge_mean_score": _rnd(cand_score),
+        "baseline_judge_mean_score": _rnd(base_score),
+        "categories": [c.dump() for c in cats],
+    }
+    A.write_json(run.eval_result(iteration), result)
+    return result
+
+
+def _baseline(spec: TPORunSpec, run: RunDir, prompts: list[dict]) -> list[dict]:
+    ev = spec.evaluation
+    tp = spec.thought_prompt
+    if ev.baseline == "seed":
+        return _cached_arm(spec, run, f"seed-{tp.type}", spec.model.location, prompts, tp)
+    if ev.baseline == "direct":
+        return _cached_arm(spec, run, "seed-none", spec.model.location, prompts, _DIRECT)
+    assert ev.baseline_model is not None
+    check_model(ev.baseline_model, "spec.evaluation.baselineModel")
+    return _cached_arm(spec, run, "baseline-model", ev.baseline_model.location, prompts, tp)
+
+
+def _compare(j, item, prompts, cand, base) -> list[float | None]:
+    """Judge responses only. A side without a parsable response loses; both failing tie."""
+    outcomes: list[float | None] = [None] * len(prompts)
+    todo, idx = [], []
+    for i, (p, c, b) in enumerate(zip(prompts, cand, base, strict=True)):
+        if c["parse_ok"] and b["parse_ok"]:
+            todo.append(
+                (
+                    item(p["instruction"], c["response"], p["record"]),
+                    item(p["instruction"], b["response"], p["record"]),
+                )
+            )
+            idx.append(i)
+        else:
+            outcomes[i] = 0.5 if c["parse_ok"] == b["parse_ok"] else float(c["parse_ok"])
+    for i, o in zip(idx, j.compare(todo) if todo else [], strict=True):
+        outcomes[i] = o
+    return outcomes
+
+
+def _pointwise_mean(spec, j, item, prompts, rows) -> float | None:
+    """Mean judge score of one arm (pointwise judges only; a failed parse scores as missing)."""
+    if spec.judge.type not in POINTWISE_JUDGES and not (
+        spec.judge.type == "endpoint" and spec.judge.endpoint.mode == "pointwise"
+    ):
+        return None
+    groups = [
+        [item(p["instruction"], r["response"] if r["parse_ok"] else None, p["record"])]
+        for p, r in zip(prompts, rows, strict=True)
+    ]
+    scores = [g[0] for g in j.score_groups(groups)]
+    vals = [0.0 if s is None else float(s) for s in scores]
+    return mean(vals)
+
+
+_PHASES: dict[str, Callable[..., dict[str, Any]]] = {
+    "prepare": prepare,
+    "generate": generate,
+    "judge": judge,
+    "train": train,
+    "evaluate": evaluate,
+}
