@@ -1,0 +1,20 @@
+"""Programmatic judges for tests (importable by `tpo phase` subprocesses via PYTHONPATH=tests).
+
+An untrained tiny model writes random text, so these score something that varies at random:
+the response length. They read only the response, as every judge must.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def by_length(instruction: str, response: str, record: dict) -> float:
+    return float(len(response) % 7)
+
+
+def crashes(instruction: str, response: str, record: dict) -> float:
+    """A judge bug (not bad input): the phase must exit 1 so the Job retries."""
+    if os.environ.get("TPO_TEST_JUDGE_CRASH"):
+        raise RuntimeError("judge backend crashed")
+    return float(len(response) % 5)
