@@ -582,6 +582,13 @@ class TPORunStatus(Model):
     win_rate: float | None = Field(None, description="Latest iteration's win rate.")
     thought_tokens: float | None = Field(None, description="Latest mean thought tokens.")
     retries: dict[str, int] = Field(default_factory=dict, description="Job retries by phase.")
+    step: str | None = Field(
+        None, description="Phase of the step in flight (kept while Suspended); set by the operator."
+    )
+    spec_snapshot: dict[str, Any] | None = Field(
+        None,
+        description="The spec the run executes; changes that would corrupt it are refused.",
+    )
 
 
 # --------------------------------------------------------------------------- validation
