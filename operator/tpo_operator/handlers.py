@@ -1,0 +1,233 @@
+"""The thin kopf shell: observe -> `reconcile.plan` -> apply -> one status patch -> events.
+
+Every trigger (the TPORun created, resumed or changed; one of its Jobs changed; a slow timer)
+runs the same `reconcile_run`, which reads the world afresh, so a missed or repeated event
+changes nothing. Results come from the pods' termination messages; the operator mounts no volume.
+Handlers are sync (kopf runs them in threads) and serialised per run by a lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+from typing import Any
+from urllib.parse import quote
+
+import kopf
+
+from tpo.spec import API_GROUP, API_VERSION, PLURAL, SpecError, TPORunStatus, parse_spec
+from tpo_operator import jobs as J
+from tpo_operator import metrics
+from tpo_operator.reconcile import (
+    USER_SUSPENDED,
+    CreateJob,
+    CreatePVC,
+    CreateService,
+    Event,
+    JobOutcome,
+    Plan,
+    SuspendJob,
+    observe,
+    plan,
+)
+
+METRICS_PORT: int | None = None  # set by __main__; None: no metrics server
+TIMER_INTERVAL = 60.0
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+_KUBE: Kube | None = None
+log = logging.getLogger("tpo_operator")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: str):
+        self.status = status
+        super().__init__(f"HTTP {status}: {body[:300]}")
+
+
+class Kube:
+    """Raw JSON requests through the `kubernetes` client's auth and TLS (no model classes)."""
+
+    def __init__(self) -> None:
+        import kubernetes
+
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        self.client = kubernetes.client.ApiClient()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        m, url, headers, data, _ = self.client.param_serialize(
+            method,
+            path,
+            query_params=list((query or {}).items()),
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        resp = self.client.call_api(m, url, headers, data, _request_timeout=30)
+        resp.read()
+        text = resp.data.decode() if isinstance(resp.data, bytes) else str(resp.data)
+        if resp.status >= 400:
+            raise ApiError(resp.status, text)
+        return json.loads(text) if text else {}
+
+    def create(self, path: str, body: dict[str, Any]) -> bool:
+        """Create-if-absent: True when created, False when it already existed (409)."""
+        try:
+            self.request("POST", path, body)
+            return True
+        except ApiError as e:
+            if e.status == 409:
+                return False
+            raise
+
+    def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PATCH", path, body, content_type="application/merge-patch+json")
+
+
+def run_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
+def _core(namespace: str, plural: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/{plural}"
+
+
+def _jobs(namespace: str) -> str:
+    return f"/apis/batch/v1/namespaces/{namespace}/jobs"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault((namespace, name), threading.Lock())
+
+
+def kube() -> Kube:
+    global _KUBE
+    if _KUBE is None:
+        _KUBE = Kube()
+    return _KUBE
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def reconcile_run(namespace: str, name: str) -> None:
+    with metrics.reconcile_timer(), _lock(namespace, name):
+        api = kube()
+        try:
+            body = api.request("GET", run_path(namespace, name))
+        except ApiError as e:
+            if e.status == 404:
+                return
+            raise
+        if body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        _reconcile(api, body, namespace, name)
+
+
+def _reconcile(api: Kube, body: dict[str, Any], namespace: str, name: str) -> None:
+    try:
+        spec: Any = parse_spec(body.get("spec"))
+    except SpecError as e:
+        spec = e
+    raw_status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    try:
+        status = TPORunStatus.model_validate(raw_status)
+    except ValueError:
+        status = TPORunStatus()
+    selector = {"labelSelector": f"{J.LABEL_RUN}={name}"}
+    job_list = api.request("GET", _jobs(namespace), query=selector).get("items", [])
+    pod_list = api.request("GET", _core(namespace, "pods"), query=selector).get("items", [])
+    observed = observe(job_list, pod_list, name)
+    generation = body.get("metadata", {}).get("generation")
+    result = plan(spec, status, observed, now(), name, generation)
+    _apply(api, body, result, namespace, name)
+    if result.status != status:
+        patch = {"status": result.status.model_dump(by_alias=True, mode="json")}
+        api.merge_patch(run_path(namespace, name) + "/status", patch)
+    metrics.observe_run(namespace, name, result.status)
+
+
+def _apply(api: Kube, body: dict[str, Any], result: Plan, namespace: str, name: str) -> None:
+    snapshot = result.status.spec_snapshot
+    spec = parse_spec(snapshot) if snapshot is not None else None
+    for action in result.actions:
+        if isinstance(action, CreatePVC) and spec is not None:
+            claim = J.pvc(spec, namespace, name)
+            if claim is not None:
+                if J.pvc_owned(spec):
+                    kopf.adopt(claim, owner=body)
+                api.create(_core(namespace, "persistentvolumeclaims"), claim)
+        elif isinstance(action, CreateService) and spec is not None:
+            svc = J.train_service(spec, namespace, name, action.iteration)
+            kopf.adopt(svc, owner=body)
+            api.create(_core(namespace, "services"), svc)
+        elif isinstance(action, CreateJob) and spec is not None:
+            manifest = J.job(spec, namespace, name, action.phase, action.iteration)
+            kopf.adopt(manifest, owner=body)
+            api.create(_jobs(namespace), manifest)
+        elif isinstance(action, SuspendJob):
+            ann = {USER_SUSPENDED: "true" if action.suspend else None}
+            patch = {"metadata": {"annotations": ann}, "spec": {"suspend": action.suspend}}
+            api.merge_patch(f"{_jobs(namespace)}/{quote(action.name)}", patch)
+        elif isinstance(action, Event):
+            post = kopf.warn if action.type == "Warning" else kopf.info
+            post(body, reason=action.reason, message=action.message)
+        elif isinstance(action, JobOutcome):
+            metrics.observe_job(namespace, name, action.phase, action.outcome, action.reason)
+
+
+# --------------------------------------------------------------------------- kopf wiring
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _KUBE
+    _KUBE = None  # a fresh client per operator start (tests restart it against new servers)
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    if METRICS_PORT is not None:
+        metrics.start_server(METRICS_PORT)
+
+
+@kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
+@kopf.on.create(API_GROUP, API_VERSION, PLURAL)
+@kopf.on.update(API_GROUP, API_VERSION, PLURAL)
+def on_run(namespace: str, name: str, **_: Any) -> None:
+    reconcile_run(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={J.LABEL_RUN: kopf.PRESENT})
+def on_job(namespace: str, labels: dict[str, str], **_: Any) -> None:
+    reconcile_run(namespace, labels[J.LABEL_RUN])
+
+
+@kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=TIMER_INTERVAL)
+def safety_net(namespace: str, name: str, **_: Any) -> None:
+    """Catches anything the watches missed (a dropped stream, a pod event without a Job event)."""
+    reconcile_run(namespace, name)
+
+
+@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, optional=True)
+def on_delete(namespace: str, name: str, **_: Any) -> None:
+    """Children go with the owner references; only the metrics forget the run."""
+    metrics.forget_run(namespace, name)
+    with _LOCKS_GUARD:
+        _LOCKS.pop((namespace, name), None)

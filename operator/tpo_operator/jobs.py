@@ -1,0 +1,346 @@
+"""Kubernetes manifests for a TPORun's children: one Job per phase and iteration, the PVC, and
+the headless Service of a multi-node train.
+
+Pure builders (dicts in, dicts out, no API calls) so `tpo render` prints exactly what the
+operator creates and tests validate every manifest offline. Owner references are added by the
+caller (`kopf.adopt`); names are deterministic so a repeated create is a harmless 409.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from tpo.errors import EXIT_BAD_INPUT
+from tpo.spec import Pool, TPORunSpec
+
+APP = "tpo-operator"
+LABEL_RUN = "tpo.dev/run"
+LABEL_PHASE = "tpo.dev/phase"
+LABEL_ITERATION = "tpo.dev/iteration"
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+GPU = "nvidia.com/gpu"
+TERMINATION_LOG = "/dev/termination-log"
+CACHE = "/cache"
+DATA_VOLUME = "artifacts"
+MAX_NAME = 63
+
+
+def job_name(run: str, phase: str, iteration: int) -> str:
+    """`<run>-<phase>-<t>`: at most 40 + 10 + 2 characters, a valid DNS label and pod prefix."""
+    name = f"{run}-{phase}-{iteration}"
+    if len(name) > MAX_NAME:
+        raise ValueError(f"job name {name!r} exceeds {MAX_NAME} characters")
+    return name
+
+
+def pvc_name(run: str) -> str:
+    return f"{run}-artifacts"
+
+
+def claim_name(run: str, spec: TPORunSpec) -> str:
+    """The PVC every Job mounts: the user's claim, else the one the operator creates."""
+    return spec.storage.claim_name or pvc_name(run)
+
+
+def run_dir(spec: TPORunSpec, namespace: str, run: str) -> str:
+    return f"{spec.storage.mount_path.rstrip('/')}/{namespace}/{run}"
+
+
+def labels(run: str, phase: str | None = None, iteration: int | None = None) -> dict[str, str]:
+    out = {
+        "app.kubernetes.io/name": "tpo",
+        "app.kubernetes.io/instance": run,
+        "app.kubernetes.io/managed-by": APP,
+        LABEL_RUN: run,
+    }
+    if phase is not None:
+        out["app.kubernetes.io/component"] = phase
+        out[LABEL_PHASE] = phase
+    if iteration is not None:
+        out[LABEL_ITERATION] = str(iteration)
+    return out
+
+
+def shards_of(spec: TPORunSpec, phase: str) -> int:
+    return {"generate": spec.generation.shards, "judge": spec.judge.shards}.get(phase, 1)
+
+
+def pvc(spec: TPORunSpec, namespace: str, run: str) -> dict[str, Any] | None:
+    """The run's PVC, or None when the user names an existing claim.
+
+    Without `claimName` or `template`, the default template is used: phases hand artifacts to
+    each other through the volume, so a run always needs one.
+    """
+    if spec.storage.claim_name:
+        return None
+    from tpo.spec import PvcTemplate
+
+    tpl = spec.storage.template or PvcTemplate()
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": pvc_name(run), "namespace": namespace, "labels": labels(run)},
+        "spec": {
+            "accessModes": list(tpl.access_modes),
+            "resources": {"requests": {"storage": tpl.size}},
+        },
+    }
+    if tpl.storage_class_name:
+        body["spec"]["storageClassName"] = tpl.storage_class_name
+    if spec.storage.retain:
+        body["metadata"]["annotations"] = {"tpo.dev/retain": "true"}
+    return body
+
+
+def pvc_owned(spec: TPORunSpec) -> bool:
+    """A retained PVC gets no owner reference, so deleting the run never deletes it."""
+    return not spec.storage.retain
+
+
+def _secret_env(name: str, ref: Any) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def _env(spec: TPORunSpec, phase: str, shards: int) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "TPO_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": CACHE},
+        {"name": "HF_HOME", "value": f"{CACHE}/huggingface"},
+        {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{CACHE}/inductor"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{CACHE}/triton"},
+        {"name": "TMPDIR", "value": "/tmp"},
+    ]
+    if shards > 1:
+        env.append({"name": "TPO_SHARDS", "value": str(shards)})
+    if spec.model.path:
+        env += [{"name": n, "value": "1"} for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")]
+    if spec.model.token_secret_ref:
+        env.append(_secret_env("HF_TOKEN", spec.model.token_secret_ref))
+    endpoint = spec.judge.endpoint
+    if endpoint and endpoint.api_key_secret_ref and phase in ("judge", "evaluate"):
+        env.append(_secret_env("TPO_JUDGE_API_KEY", endpoint.api_key_secret_ref))
+    env += [dict(e) for e in spec.env]
+    return env
+
+
+def _resources(pool: Pool) -> dict[str, Any]:
+    requests = dict(pool.resources.requests)
+    limits = dict(pool.resources.limits)
+    if pool.gpus:
+        requests[GPU] = str(pool.gpus)
+        limits[GPU] = str(pool.gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def command(
+    spec: TPORunSpec, namespace: str, run: str, phase: str, iteration: int, with_spec: bool
+) -> list[str]:
+    """The worker's argv. Prepare carries the resolved spec so the worker snapshots it."""
+    argv = ["tpo", "phase", phase, "--run-dir", run_dir(spec, namespace, run)]
+    argv += ["--iteration", str(iteration)]
+    if with_spec:
+        argv += ["--spec", json.dumps(spec.dump(), sort_keys=True, separators=(",", ":"))]
+    return argv
+
+
+def _pod_spec(
+    spec: TPORunSpec, namespace: str, run: str, phase: str, iteration: int, shards: int
+) -> dict[str, Any]:
+    pool: Pool = getattr(spec.pools, phase)
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": spec.images.worker,
+        "imagePullPolicy": spec.images.pull_policy,
+        "command": command(spec, namespace, run, phase, iteration, phase == "prepare"),
+        "env": _env(spec, phase, shards),
+        "securityContext": _security(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": DATA_VOLUME, "mountPath": spec.storage.mount_path},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "cache", "mountPath": CACHE},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+    }
+    res = _resources(pool)
+    if res:
+        container["resources"] = res
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": claim_name(run, spec)}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "cache", "emptyDir": {}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        ],
+    }
+    if pool.node_selector:
+        pod["nodeSelector"] = dict(pool.node_selector)
+    if pool.tolerations:
+        pod["tolerations"] = [t.dump() for t in pool.tolerations]
+    if pool.affinity:
+        pod["affinity"] = pool.affinity
+    if pool.priority_class_name:
+        pod["priorityClassName"] = pool.priority_class_name
+    if spec.images.pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in spec.images.pull_secrets]
+    return pod
+
+
+def _failure_policy() -> dict[str, Any]:
+    """Preemption is not the worker's fault; bad input fails the same way on every retry."""
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": "worker",
+                    "operator": "In",
+                    "values": [EXIT_BAD_INPUT],
+                },
+            },
+        ]
+    }
+
+
+def job(spec: TPORunSpec, namespace: str, run: str, phase: str, iteration: int) -> dict[str, Any]:
+    """The Job of one phase of one iteration (an Indexed Job when the phase is sharded)."""
+    if phase == "train" and spec.training.nodes > 1:
+        return train_job_multinode(spec, namespace, run, iteration)
+    shards = shards_of(spec, phase)
+    return _job(
+        spec,
+        namespace,
+        run,
+        phase,
+        iteration,
+        shards,
+        _pod_spec(spec, namespace, run, phase, iteration, shards),
+    )
+
+
+def _job(
+    spec: TPORunSpec,
+    namespace: str,
+    run: str,
+    phase: str,
+    iteration: int,
+    pods: int,
+    pod: dict[str, Any],
+) -> dict[str, Any]:
+    pool: Pool = getattr(spec.pools, phase)
+    meta_labels = labels(run, phase, iteration)
+    if pool.queue_name:
+        meta_labels[KUEUE_QUEUE] = pool.queue_name
+    body: dict[str, Any] = {
+        "backoffLimit": pool.backoff_limit,
+        "podFailurePolicy": _failure_policy(),
+        "template": {"metadata": {"labels": labels(run, phase, iteration)}, "spec": pod},
+    }
+    if pods > 1:
+        body.update(completionMode="Indexed", completions=pods, parallelism=pods)
+    if pool.active_deadline_seconds:
+        body["activeDeadlineSeconds"] = pool.active_deadline_seconds
+    if pool.queue_name:
+        body["suspend"] = True
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(run, phase, iteration),
+            "namespace": namespace,
+            "labels": meta_labels,
+        },
+        "spec": body,
+    }
+
+
+def service_name(run: str, iteration: int) -> str:
+    return job_name(run, "train", iteration)
+
+
+def train_service(spec: TPORunSpec, namespace: str, run: str, iteration: int) -> dict[str, Any]:
+    """Headless Service giving each train pod a stable DNS name for the torchrun rendezvous."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(run, iteration),
+            "namespace": namespace,
+            "labels": labels(run, "train", iteration),
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_RUN: run, LABEL_PHASE: "train", LABEL_ITERATION: str(iteration)},
+            "ports": [{"name": "rendezvous", "port": 29500, "targetPort": 29500}],
+        },
+    }
+
+
+def train_job_multinode(
+    spec: TPORunSpec, namespace: str, run: str, iteration: int
+) -> dict[str, Any]:
+    """Multi-node DPO: an Indexed Job, pod i is torchrun node i, pod 0 the rendezvous host.
+
+    The seam for issue 7: the worker side (torchrun around `tpo phase train`) is launched here;
+    DeepSpeed settings come from the spec snapshot on the volume.
+    """
+    nodes = spec.training.nodes
+    name = job_name(run, "train", iteration)
+    pod = _pod_spec(spec, namespace, run, "train", iteration, 1)
+    per_node = max(spec.training.gpus_per_node, 1)
+    inner = shlex.join(command(spec, namespace, run, "train", iteration, False)[1:])
+    pod["subdomain"] = service_name(run, iteration)
+    pod["containers"][0]["command"] = [
+        "sh",
+        "-c",
+        f"exec torchrun --nnodes {nodes} --nproc-per-node {per_node} "
+        f"--node-rank $JOB_COMPLETION_INDEX --master-addr {name}-0.{service_name(run, iteration)} "
+        f"--master-port 29500 -m tpo.cli {inner}",
+    ]
+    return _job(spec, namespace, run, "train", iteration, nodes, pod)
+
+
+def children(spec: TPORunSpec, namespace: str, run: str, iteration: int) -> list[dict[str, Any]]:
+    """Everything the operator creates for iteration t (t = 0: prepare and the seed's eval)."""
+    out: list[dict[str, Any]] = []
+    claim = pvc(spec, namespace, run)
+    if claim:
+        out.append(claim)
+    phases = ["prepare", "evaluate"] if iteration == 0 else ["generate", "judge", "train"]
+    phases += [] if iteration == 0 else ["evaluate"]
+    for phase in phases:
+        if phase == "train" and spec.training.nodes > 1:
+            out.append(train_service(spec, namespace, run, iteration))
+        out.append(job(spec, namespace, run, phase, iteration))
+    return out

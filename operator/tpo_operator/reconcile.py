@@ -1,0 +1,499 @@
+"""The operator's brain: a pure, level-triggered planner.
+
+`plan(spec, status, observed_jobs, now)` looks at what IS (the run's status and its Jobs as the
+API server reports them) and says what to DO: create the next Job, suspend or resume one, record
+a finished phase's summary, move the run to its next phase, fail it. No I/O, so the same inputs
+give the same plan; a plan applied twice never makes a second Job (deterministic names,
+create-if-absent), and a plan made after a crash picks up where the last applied one stopped.
+
+A run is a fixed sequence of steps: prepare-0, evaluate-0 (seed with vs without thoughts),
+then generate/judge/train/evaluate for t = 1..T. `status.step` + `status.iteration` name the
+step in flight; every step before it is done. At most one Job of a run is live at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from tpo.spec import (
+    PHASE_OF_STEP,
+    RunPhase,
+    SpecError,
+    TPORunSpec,
+    TPORunStatus,
+    parse_spec,
+)
+from tpo.status import apply_summary, merge_shards, set_condition
+
+Step = tuple[str, int]
+
+# Top-level spec fields that may change while a run is in flight: they steer scheduling of
+# future Jobs, never what a phase computes. Everything else is refused once the run started.
+MUTABLE_FIELDS = ("suspend", "pools", "images", "env")
+TERMINAL = (RunPhase.succeeded.value, RunPhase.failed.value)
+USER_SUSPENDED = "tpo.dev/user-suspended"
+
+
+@dataclass(frozen=True)
+class ObservedJob:
+    """What the shell saw of one child Job (and its pods)."""
+
+    name: str
+    phase: str
+    iteration: int
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_reason: str | None = None  # the Job's Failed condition reason, when failed
+    failed_message: str = ""
+    suspend: bool = False
+    user_suspended: bool = False
+    preempted: int = 0  # pods that failed with a DisruptionTarget condition
+    summaries: tuple[dict[str, Any], ...] = ()  # termination messages of succeeded pods
+    pod_message: str = ""  # termination message (or log tail) of the last failed pod
+
+    @property
+    def finished(self) -> bool:
+        return self.complete or self.failed_reason is not None
+
+
+@dataclass(frozen=True)
+class CreatePVC:
+    pass
+
+
+@dataclass(frozen=True)
+class CreateService:
+    name: str
+    iteration: int
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    name: str
+    phase: str
+    iteration: int
+
+
+@dataclass(frozen=True)
+class SuspendJob:
+    name: str
+    suspend: bool
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """For metrics: outcome is retry | failed | succeeded | preempted."""
+
+    phase: str
+    outcome: str
+    reason: str
+
+
+Action = CreatePVC | CreateService | CreateJob | SuspendJob | Event | JobOutcome
+
+
+@dataclass
+class Plan:
+    status: TPORunStatus
+    actions: list[Action] = field(default_factory=list)
+
+    def of(self, kind: type) -> list[Any]:
+        return [a for a in self.actions if isinstance(a, kind)]
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def steps(iterations: int) -> list[Step]:
+    out: list[Step] = [("prepare", 0), ("evaluate", 0)]
+    for t in range(1, iterations + 1):
+        out += [("generate", t), ("judge", t), ("train", t), ("evaluate", t)]
+    return out
+
+
+def step_index(status: TPORunStatus, iterations: int) -> int:
+    """Position of the step in flight; -1 before the run starts, len(steps) when done."""
+    if status.phase == RunPhase.succeeded.value:
+        return len(steps(iterations))
+    if status.step is None:
+        return -1
+    try:
+        return steps(iterations).index((status.step, status.iteration))
+    except ValueError:
+        return -1
+
+
+def job_name(run: str, step: Step) -> str:
+    from tpo_operator.jobs import job_name as name
+
+    return name(run, step[0], step[1])
+
+
+# --------------------------------------------------------------------------- spec changes
+
+
+def spec_diff(old: Any, new: Any, path: str = "spec") -> list[str]:
+    """Dotted paths of the leaves that differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            out += spec_diff(old.get(k), new.get(k), f"{path}.{k}")
+        return out
+    return [] if old == new else [path]
+
+
+def accept_spec(snapshot: dict[str, Any], live: TPORunSpec) -> tuple[dict[str, Any], list[str]]:
+    """The snapshot with the live spec's mutable fields, and the refused fields' paths."""
+    wire = live.dump()
+    merged = {**snapshot, **{k: wire[k] for k in MUTABLE_FIELDS if k in wire}}
+    for k in MUTABLE_FIELDS:
+        if k not in wire:
+            merged.pop(k, None)
+    refused = [p for p in spec_diff(snapshot, wire) if p.split(".")[1] not in MUTABLE_FIELDS]
+    return merged, refused
+
+
+# --------------------------------------------------------------------------- the planner
+
+
+class _Ctx:
+    """Mutable scratch state of one planning pass (status copy + actions)."""
+
+    def __init__(self, status: TPORunStatus, now: str, generation: int | None):
+        self.status = status.model_copy(deep=True)
+        self.actions: list[Action] = []
+        self.now = now
+        self.generation = generation
+
+    def cond(self, type_: str, value: bool, reason: str, message: str = "") -> None:
+        self.status = set_condition(
+            self.status, type_, value, reason, message, self.now, self.generation
+        )
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.actions.append(Event(type_, reason, message))
+
+    def fail(self, reason: str, message: str, phase: str | None = None) -> None:
+        st = self.status
+        st.phase = RunPhase.failed
+        st.message = message
+        st.finished_at = st.finished_at or self.now
+        self.cond("Failed", True, reason, message)
+        self.cond("Progressing", False, reason, message)
+        self.cond("Ready", False, reason, message)
+        self.event("Warning", reason, message)
+        if phase:
+            self.actions.append(JobOutcome(phase, "failed", reason))
+
+
+def plan(
+    spec: TPORunSpec | SpecError,
+    status: TPORunStatus,
+    jobs: list[ObservedJob],
+    now: str,
+    run: str,
+    generation: int | None = None,
+) -> Plan:
+    """What to do next for run `run`, given its (possibly invalid) live spec and what exists."""
+    ctx = _Ctx(status, now, generation)
+    if ctx.status.phase in TERMINAL:
+        return Plan(ctx.status, [])
+    effective = _effective_spec(ctx, spec)
+    if effective is None:
+        return Plan(ctx.status, ctx.actions)
+    ctx.status.observed_generation = generation
+    _count_retries(ctx, jobs)
+    if ctx.status.step is None:
+        _start(ctx, effective)
+    _advance(ctx, effective, {j.name: j for j in jobs}, run)
+    return Plan(ctx.status, ctx.actions)
+
+
+def _effective_spec(ctx: _Ctx, spec: TPORunSpec | SpecError) -> TPORunSpec | None:
+    """The spec the run executes: the first accepted one plus later mutable-field changes."""
+    snap = ctx.status.spec_snapshot
+    if isinstance(spec, SpecError):
+        message = "invalid spec: " + "; ".join(spec.problems)
+        if snap is None:
+            ctx.fail("InvalidSpec", message)
+            return None
+        _event_once(ctx, "InvalidSpec", message)
+        ctx.cond("SpecAccepted", False, "InvalidSpec", message + " (running on the accepted spec)")
+        return parse_spec(snap)
+    if snap is None:
+        ctx.status.spec_snapshot = spec.dump()
+        ctx.cond("SpecAccepted", True, "Accepted", "")
+        return spec
+    merged, refused = accept_spec(snap, spec)
+    ctx.status.spec_snapshot = merged
+    if refused:
+        message = (
+            f"change(s) to {', '.join(refused)} refused: they would corrupt the run in flight; "
+            "it continues on the accepted spec (create a new TPORun to change them)"
+        )
+        _event_once(ctx, "SpecChangeRefused", message)
+        ctx.cond("SpecAccepted", False, "SpecChangeRefused", message)
+    else:
+        ctx.cond("SpecAccepted", True, "Accepted", "")
+    return parse_spec(merged)
+
+
+def _event_once(ctx: _Ctx, reason: str, message: str) -> None:
+    """An event only when the SpecAccepted condition's message changes (not every reconcile)."""
+    old = next((c for c in ctx.status.conditions if c.type == "SpecAccepted"), None)
+    if old is None or old.reason != reason or not old.message.startswith(message[:60]):
+        ctx.event("Warning", reason, message)
+
+
+def _count_retries(ctx: _Ctx, jobs: list[ObservedJob]) -> None:
+    """Pod failures (retries) and preemptions per phase; monotone, an event per increase."""
+    for phase in {j.phase for j in jobs}:
+        of_phase = [j for j in jobs if j.phase == phase]
+        for key, count, outcome in (
+            (phase, sum(j.failed for j in of_phase), "retry"),
+            (f"{phase}:preempted", sum(j.preempted for j in of_phase), "preempted"),
+        ):
+            old = ctx.status.retries.get(key, 0)
+            if count > old:
+                ctx.status.retries[key] = count
+                what = "pod failure(s), retrying" if outcome == "retry" else "pod(s) preempted"
+                reason = "PodFailed" if outcome == "retry" else "Preempted"
+                ctx.event(
+                    "Warning" if outcome == "retry" else "Normal",
+                    reason,
+                    f"{phase}: {count - old} {what}",
+                )
+                ctx.actions.append(JobOutcome(phase, outcome, reason))
+
+
+def _start(ctx: _Ctx, spec: TPORunSpec) -> None:
+    st = ctx.status
+    st.started_at = st.started_at or ctx.now
+    st.step, st.iteration = "prepare", 0
+    st.phase = RunPhase.preparing
+    ctx.cond("Failed", False, "Running")
+    if spec.storage.claim_name is None:
+        ctx.actions.append(CreatePVC())
+    ctx.event("Normal", "Started", f"{spec.iterations} iteration(s)")
+
+
+def _advance(ctx: _Ctx, spec: TPORunSpec, jobs: dict[str, ObservedJob], run: str) -> None:
+    """Walk forward over finished steps, then make sure the step in flight has its Job."""
+    order = steps(spec.iterations)
+    idx = step_index(ctx.status, spec.iterations)
+    while 0 <= idx < len(order):
+        step = order[idx]
+        job = jobs.get(job_name(run, step))
+        if job is None:
+            _create(ctx, spec, jobs, run, step)
+            return
+        if job.failed_reason is not None:
+            msg = f"{step[0]} of iteration {step[1]} failed ({job.failed_reason})"
+            detail = job.failed_message or job.pod_message
+            ctx.fail(job.failed_reason, f"{msg}: {detail[-500:]}" if detail else msg, step[0])
+            return
+        if not job.complete:
+            _live(ctx, spec, job, step)
+            return
+        _record(ctx, job, step)
+        idx += 1
+        if idx == len(order):
+            _succeed(ctx, spec)
+            return
+        ctx.status.step, ctx.status.iteration = order[idx]
+        ctx.status.phase = PHASE_OF_STEP[order[idx][0]]
+
+
+def _record(ctx: _Ctx, job: ObservedJob, step: Step) -> None:
+    summaries = [s for s in job.summaries if s.get("phase") == step[0]]
+    ctx.actions.append(JobOutcome(step[0], "succeeded", "Complete"))
+    if not summaries:
+        ctx.event(
+            "Warning",
+            "SummaryMissing",
+            f"{job.name} completed without a phase summary in its termination message",
+        )
+        return
+    try:
+        ctx.status = apply_summary(ctx.status, merge_shards(summaries))
+    except (ValueError, TypeError) as e:
+        ctx.event("Warning", "SummaryInvalid", f"{job.name}: {e}")
+        return
+    ctx.event("Normal", "PhaseSucceeded", f"{step[0]} of iteration {step[1]} done")
+
+
+def _succeed(ctx: _Ctx, spec: TPORunSpec) -> None:
+    st = ctx.status
+    st.phase = RunPhase.succeeded
+    st.step = None
+    st.finished_at = st.finished_at or ctx.now
+    st.message = f"{spec.iterations} iteration(s) done"
+    if st.win_rate is not None:
+        st.message += f", win rate {st.win_rate:.3f}"
+    ctx.cond("Succeeded", True, "AllIterationsDone", st.message)
+    ctx.cond("Progressing", False, "Finished", st.message)
+    ctx.cond("Ready", True, "Finished", st.message)
+    ctx.cond("Suspended", False, "Finished")
+    ctx.event("Normal", "Succeeded", st.message)
+
+
+def _create(
+    ctx: _Ctx, spec: TPORunSpec, jobs: dict[str, ObservedJob], run: str, step: Step
+) -> None:
+    """Create the step's Job, unless suspended or another Job of the run is still live."""
+    if spec.suspend:
+        _set_suspended(ctx, step, f"suspended before {step[0]} of iteration {step[1]}")
+        return
+    _set_running(ctx, step)
+    busy = sorted(j.name for j in jobs.values() if not j.finished)
+    if busy:
+        ctx.status.message = f"waiting for {', '.join(busy)} to finish"
+        return
+    if step[0] == "train" and spec.training.nodes > 1:
+        ctx.actions.append(CreateService(job_name(run, step), step[1]))
+    ctx.actions.append(CreateJob(job_name(run, step), step[0], step[1]))
+    ctx.event("Normal", "JobCreated", f"{job_name(run, step)}: {step[0]} of iteration {step[1]}")
+
+
+def _live(ctx: _Ctx, spec: TPORunSpec, job: ObservedJob, step: Step) -> None:
+    if spec.suspend:
+        if not job.suspend:
+            ctx.actions.append(SuspendJob(job.name, True))
+        _set_suspended(ctx, step, f"{job.name} suspended")
+        return
+    if job.suspend and job.user_suspended:
+        ctx.actions.append(SuspendJob(job.name, False))
+    _set_running(ctx, step)
+
+
+def _set_suspended(ctx: _Ctx, step: Step, message: str) -> None:
+    st = ctx.status
+    if st.phase != RunPhase.suspended.value:
+        ctx.event("Normal", "Suspended", message)
+    st.phase = RunPhase.suspended
+    st.message = message
+    ctx.cond("Suspended", True, "SpecSuspend", message)
+    ctx.cond("Progressing", False, "Suspended", message)
+
+
+def _set_running(ctx: _Ctx, step: Step) -> None:
+    st = ctx.status
+    phase = PHASE_OF_STEP[step[0]]
+    if st.phase == RunPhase.suspended.value:
+        ctx.event("Normal", "Resumed", f"{step[0]} of iteration {step[1]}")
+    st.phase = phase
+    st.message = f"{step[0]} of iteration {step[1]}"
+    ctx.cond("Suspended", False, "Running")
+    ctx.cond("Progressing", True, phase.value, st.message)
+    ctx.cond("Ready", False, "Running", st.message)
+
+
+# --------------------------------------------------------------------------- observation
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _step_of(obj: dict[str, Any], run: str) -> Step | None:
+    from tpo_operator.jobs import LABEL_ITERATION, LABEL_PHASE, LABEL_RUN
+
+    lab = _labels(obj)
+    if lab.get(LABEL_RUN) != run or lab.get(LABEL_PHASE) not in PHASE_OF_STEP:
+        return None
+    try:
+        return lab[LABEL_PHASE], int(lab.get(LABEL_ITERATION, ""))
+    except ValueError:
+        return None
+
+
+def _terminated(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return [s["state"]["terminated"] for s in statuses if (s.get("state") or {}).get("terminated")]
+
+
+def parse_summary(message: str) -> dict[str, Any] | None:
+    """A phase summary from a termination message: the last line that is a JSON object."""
+    for line in reversed((message or "").strip().splitlines()):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and "phase" in data:
+            return data
+    return None
+
+
+def _pod_facts(pods: list[dict[str, Any]]) -> tuple[tuple[dict[str, Any], ...], int, str]:
+    """(summaries of succeeded pods, one per shard; preempted pods; last failure message)."""
+    by_shard: dict[int, dict[str, Any]] = {}
+    preempted, message = 0, ""
+    for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
+        st = pod.get("status") or {}
+        if st.get("phase") == "Succeeded":
+            for term in _terminated(pod):
+                summary = parse_summary(term.get("message", ""))
+                if summary is not None:
+                    by_shard[int(summary.get("shard", 0) or 0)] = summary
+        elif st.get("phase") == "Failed":
+            conds = st.get("conditions") or []
+            if any(
+                c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conds
+            ):
+                preempted += 1
+            for term in _terminated(pod):
+                message = term.get("message") or term.get("reason") or message
+    return tuple(by_shard[k] for k in sorted(by_shard)), preempted, message
+
+
+def observe(
+    job_bodies: list[dict[str, Any]], pod_bodies: list[dict[str, Any]], run: str
+) -> list[ObservedJob]:
+    """The planner's view of a run's Jobs, from raw API objects (filters by label itself)."""
+    from tpo_operator.jobs import job_name as name_of
+
+    pods: dict[Step, list[dict[str, Any]]] = {}
+    for pod in pod_bodies:
+        step = _step_of(pod, run)
+        if step is not None:
+            pods.setdefault(step, []).append(pod)
+    out = []
+    for job in job_bodies:
+        step = _step_of(job, run)
+        meta = job.get("metadata") or {}
+        if step is None or meta.get("name") != name_of(run, *step):
+            continue
+        st = job.get("status") or {}
+        conds = {c.get("type"): c for c in st.get("conditions") or [] if c.get("status") == "True"}
+        failed = conds.get("Failed")
+        summaries, preempted, message = _pod_facts(pods.get(step, []))
+        out.append(
+            ObservedJob(
+                name=meta["name"],
+                phase=step[0],
+                iteration=step[1],
+                active=int(st.get("active") or 0),
+                succeeded=int(st.get("succeeded") or 0),
+                failed=int(st.get("failed") or 0),
+                complete="Complete" in conds,
+                failed_reason=(failed.get("reason") or "Failed") if failed else None,
+                failed_message=(failed or {}).get("message") or "",
+                suspend=bool((job.get("spec") or {}).get("suspend")),
+                user_suspended=(meta.get("annotations") or {}).get(USER_SUSPENDED) == "true",
+                preempted=preempted,
+                summaries=summaries,
+                pod_message=message,
+            )
+        )
+    return sorted(out, key=lambda j: j.name)

@@ -1,0 +1,46 @@
+"""`tpo render FILE.yaml [--iteration T] [--namespace NS]`: print what the operator would create.
+
+The PVC (when the operator creates one), the headless Service of a multi-node train, and the
+Jobs of iteration T (T = 0: prepare and the seed's evaluation), built by the operator's own
+builders. Owner references are omitted: they need the live TPORun's uid, which `kopf.adopt`
+adds at creation time.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tpo.errors import BadInput
+from tpo.spec import SpecError, parse_manifest
+
+
+def render(doc: Any, iteration: int, namespace: str | None) -> list[dict[str, Any]]:
+    from tpo_operator.jobs import children
+
+    meta, spec = parse_manifest(doc)
+    if not 0 <= iteration <= spec.iterations:
+        raise BadInput(f"--iteration {iteration}: the run has iterations 0..{spec.iterations}")
+    ns = namespace or meta.get("namespace") or "default"
+    return children(spec, ns, meta["name"], iteration)
+
+
+def main(args: Any) -> int:
+    path = Path(args.manifest)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise BadInput(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    try:
+        objs = render(doc, args.iteration, args.namespace)
+    except SpecError as e:
+        raise BadInput(f"{path}: invalid TPORun:\n  " + "\n  ".join(e.problems)) from None
+    sys.stdout.write(yaml.safe_dump_all(objs, sort_keys=False))
+    return 0
