@@ -160,8 +160,9 @@ def _reconcile(api: Kube, body: dict[str, Any], namespace: str, name: str) -> No
     result = plan(spec, status, observed, now(), name, generation)
     _apply(api, body, result, namespace, name)
     if result.status != status:
-        patch = {"status": result.status.model_dump(by_alias=True, mode="json")}
-        api.merge_patch(run_path(namespace, name) + "/status", patch)
+        data = result.status.model_dump(by_alias=True, mode="json")  # nulls clear fields
+        data["history"] = [h.dump() for h in result.status.history]
+        api.merge_patch(run_path(namespace, name) + "/status", {"status": data})
     metrics.observe_run(namespace, name, result.status)
 
 
