@@ -16,11 +16,11 @@ RULES: list[dict[str, Any]] = [
         "resources": [PLURAL],
         "verbs": ["get", "list", "watch", "patch"],
     },
-    {"apiGroups": [API_GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [API_GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
     {
         "apiGroups": ["batch"],
         "resources": ["jobs"],
-        "verbs": ["get", "list", "watch", "create", "patch"],
+        "verbs": ["list", "watch", "create", "patch"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},

@@ -275,6 +275,8 @@ class Operator:
         settings.peering.standalone = True
         settings.watching.reconnect_backoff = 0.1
         settings.batching.batch_window = 0.02
+        settings.batching.idle_timeout = 0.5
+        settings.batching.exit_timeout = 2.0
         settings.posting.level = 20
         try:
             asyncio.run(

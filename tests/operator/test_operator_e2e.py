@@ -1,0 +1,210 @@
+"""The real kopf operator against kmock's emulated API server; the tests play the Job controller."""
+
+from __future__ import annotations
+
+import pytest
+from harness import Cluster, JobController, Operator, manifest, summary
+from tpo_operator.rbac import RULES, allows
+
+from tpo.spec import PLURAL
+
+pytestmark = pytest.mark.timeout(60)
+
+STEPS_2 = [("prepare", 0), ("evaluate", 0)] + [
+    (p, t) for t in (1, 2) for p in ("generate", "judge", "train", "evaluate")
+]
+
+
+def finish(cluster: Cluster, ctl: JobController, steps, run: str = "demo") -> None:
+    for phase, t in steps:
+        job = cluster.wait_job(f"{run}-{phase}-{t}")
+        ctl.succeed(job, [summary(phase, t)])
+
+
+def test_two_iterations_run_in_order_and_fill_history(cluster: Cluster, ctl: JobController):
+    run = cluster.create_run(manifest(iterations=2))
+    seen = []
+    for phase, t in STEPS_2:
+        job = cluster.wait_job(f"demo-{phase}-{t}")
+        # exactly one Job per step, created only after the previous step finished
+        assert cluster.job_names() == sorted([*seen, f"demo-{phase}-{t}"])
+        seen.append(f"demo-{phase}-{t}")
+        assert job["metadata"]["ownerReferences"][0]["uid"] == run["metadata"]["uid"]
+        ctl.succeed(job, [summary(phase, t)])
+    st = cluster.wait_status("demo", lambda s: s.get("phase") == "Succeeded")
+    assert [h["iteration"] for h in st["history"]] == [0, 1, 2]
+    assert st["winRate"] == pytest.approx(0.7)  # iteration 2's evaluate summary
+    assert st["thoughtTokens"] == pytest.approx(32.0)
+    assert st["history"][1]["pairs"] == 3 and st["history"][2]["trainLoss"] == 0.6
+    assert st["history"][0]["winRate"] == pytest.approx(0.5)  # the seed's thought-prompt row
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Succeeded"]["status"] == "True" and conds["Ready"]["status"] == "True"
+    pvc = cluster.get("persistentvolumeclaims", "demo-artifacts")
+    assert pvc and pvc["metadata"]["ownerReferences"][0]["name"] == "demo"
+    reasons = [e["reason"] for e in cluster.events("demo")]
+    assert reasons.count("JobCreated") == 10 and "Succeeded" in reasons
+
+
+def test_job_failure_after_retries_fails_the_run(cluster: Cluster, ctl: JobController):
+    cluster.create_run(manifest(iterations=1))
+    finish(cluster, ctl, [("prepare", 0), ("evaluate", 0)])
+    job = cluster.wait_job("demo-generate-1")
+    ctl.crash(job, "CUDA error: out of memory")
+    cluster.wait_status("demo", lambda s: s.get("retries", {}).get("generate") == 1)
+    ctl.fail(job, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+    st = cluster.wait_status("demo", lambda s: s.get("phase") == "Failed")
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "BackoffLimitExceeded"
+    assert "generate of iteration 1" in failed["message"]
+    assert "backoff limit" in failed["message"]
+    assert cluster.job_names() == ["demo-evaluate-0", "demo-generate-1", "demo-prepare-0"]
+    assert any(
+        e["reason"] == "BackoffLimitExceeded" and e["type"] == "Warning"
+        for e in cluster.events("demo")
+    )
+
+
+def test_preempted_pod_is_not_a_failure(cluster: Cluster, ctl: JobController):
+    cluster.create_run(manifest(iterations=1))
+    finish(cluster, ctl, [("prepare", 0), ("evaluate", 0)])
+    job = cluster.wait_job("demo-generate-1")
+    ctl.preempt(job)
+    st = cluster.wait_status("demo", lambda s: s.get("retries", {}).get("generate:preempted"))
+    assert st["phase"] == "Generating" and "generate" not in st["retries"]
+    finish(cluster, ctl, [("generate", 1), ("judge", 1), ("train", 1), ("evaluate", 1)])
+    cluster.wait_status("demo", lambda s: s.get("phase") == "Succeeded")
+
+
+def test_suspend_and_resume(cluster: Cluster, ctl: JobController):
+    cluster.create_run(manifest(iterations=1))
+    finish(cluster, ctl, [("prepare", 0)])
+    cluster.wait_job("demo-evaluate-0")
+    cluster.patch(PLURAL, "demo", {"spec": {"suspend": True}})
+    st = cluster.wait_status("demo", lambda s: s.get("phase") == "Suspended")
+    assert st["step"] == "evaluate"
+    assert cluster.get("jobs", "demo-evaluate-0")["spec"]["suspend"] is True
+    # finishing the suspended step does not start the next one while suspended
+    ctl.succeed("demo-evaluate-0", [summary("evaluate", 0)])
+    cluster.wait_status("demo", lambda s: s.get("step") == "generate")
+    assert cluster.get("jobs", "demo-generate-1") is None
+    cluster.patch(PLURAL, "demo", {"spec": {"suspend": False}})
+    cluster.wait_job("demo-generate-1")
+    st = cluster.wait_status("demo", lambda s: s.get("phase") == "Generating")
+    assert next(c for c in st["conditions"] if c["type"] == "Suspended")["status"] == "False"
+    finish(cluster, ctl, [("generate", 1), ("judge", 1)])
+    cluster.wait_job("demo-train-1")
+    cluster.patch(PLURAL, "demo", {"spec": {"suspend": True}})
+    cluster.wait_status("demo", lambda s: s.get("phase") == "Suspended")
+    assert cluster.get("jobs", "demo-train-1")["spec"]["suspend"] is True
+    cluster.patch(PLURAL, "demo", {"spec": {"suspend": False}})
+    cluster.wait_status("demo", lambda s: s.get("phase") == "Training")
+    assert cluster.get("jobs", "demo-train-1")["spec"]["suspend"] is False
+    finish(cluster, ctl, [("train", 1), ("evaluate", 1)])
+    cluster.wait_status("demo", lambda s: s.get("phase") == "Succeeded")
+
+
+def test_restart_at_every_phase_boundary_creates_no_duplicate(tmp_path):
+    steps = [("prepare", 0), ("evaluate", 0)] + [
+        (p, 1) for p in ("generate", "judge", "train", "evaluate")
+    ]
+    with Cluster(tmp_path) as cluster:
+        ctl = JobController(cluster)
+        with Operator(cluster):
+            cluster.create_run(manifest(iterations=1))
+            cluster.wait_job("demo-prepare-0")
+        for phase, t in steps:
+            # the step's Job finishes while no operator runs; a new one must pick up from there
+            ctl.succeed(f"demo-{phase}-{t}", [summary(phase, t)])
+            with Operator(cluster):
+                if (phase, t) == steps[-1]:
+                    cluster.wait_status("demo", lambda s: s.get("phase") == "Succeeded")
+                else:
+                    nxt = steps[steps.index((phase, t)) + 1]
+                    cluster.wait_job(f"demo-{nxt[0]}-{nxt[1]}")
+        creates = [
+            r.data["metadata"]["name"]
+            for r in list(cluster.emulator._requests)
+            if r.action is not None
+            and r.action.name == "CREATE"
+            and r.resource is not None
+            and r.resource.plural == "jobs"
+        ]
+        assert sorted(set(creates)) == sorted(f"demo-{p}-{t}" for p, t in steps)
+        assert len(cluster.list("jobs")) == len(steps)
+        st = cluster.run("demo")["status"]
+        assert [h["iteration"] for h in st["history"]] == [0, 1]
+        assert st["history"][1]["phaseSeconds"].keys() == {"generate", "judge", "train", "evaluate"}
+
+
+def test_invalid_spec_fails_the_run_and_the_operator_stays_healthy(cluster, ctl):
+    bad = manifest(name="broken")
+    bad["spec"]["generation"] = {"samples": 1, "bogus": True}
+    del bad["spec"]["judge"]
+    cluster.create_run(bad)
+    st = cluster.wait_status("broken", lambda s: s.get("phase") == "Failed")
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    for field in ("spec.generation.samples", "spec.generation.bogus", "spec.judge"):
+        assert field in failed["message"]
+    assert any(e["reason"] == "InvalidSpec" for e in cluster.events("broken"))
+    assert cluster.job_names() == []
+    cluster.create_run(manifest(name="fine", iterations=1))
+    cluster.wait_job("fine-prepare-0")
+    assert cluster.operator.alive
+
+
+def test_unsafe_spec_change_is_refused_and_run_continues(cluster, ctl):
+    cluster.create_run(manifest(iterations=1))
+    finish(cluster, ctl, [("prepare", 0)])
+    cluster.wait_job("demo-evaluate-0")
+    cluster.patch(
+        PLURAL,
+        "demo",
+        {
+            "spec": {
+                "generation": {"samples": 4},
+                "images": {"worker": "registry.local/worker:2"},
+            }
+        },
+    )
+    st = cluster.wait_status(
+        "demo",
+        lambda s: any(
+            c["type"] == "SpecAccepted" and c["status"] == "False" for c in s.get("conditions", [])
+        ),
+    )
+    cond = next(c for c in st["conditions"] if c["type"] == "SpecAccepted")
+    assert "spec.generation.samples" in cond["message"] and "images" not in cond["message"]
+    assert st["specSnapshot"]["generation"]["samples"] == 8
+    finish(cluster, ctl, [("evaluate", 0)])
+    job = cluster.wait_job("demo-generate-1")
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/worker:2"
+    assert st["phase"] != "Failed"
+
+
+def test_rbac_rules_cover_exactly_what_the_operator_uses(tmp_path):
+    """Every request the operator makes is allowed by RULES, and every rule is used."""
+    with Cluster(tmp_path) as cluster, Operator(cluster):
+        ctl = JobController(cluster)
+        cluster.create_run(manifest(iterations=1, training={"nodes": 2}))
+        finish(cluster, ctl, [("prepare", 0), ("evaluate", 0), ("generate", 1)])
+        cluster.wait_job("demo-judge-1")
+        cluster.patch(PLURAL, "demo", {"spec": {"suspend": True}})
+        cluster.wait_status("demo", lambda s: s.get("phase") == "Suspended")
+        cluster.patch(PLURAL, "demo", {"spec": {"suspend": False}})
+        cluster.wait_status("demo", lambda s: s.get("phase") == "Judging")
+        finish(cluster, ctl, [("judge", 1), ("train", 1), ("evaluate", 1)])
+        cluster.wait_status("demo", lambda s: s.get("phase") == "Succeeded")
+        assert cluster.get("services", "demo-train-1") is not None
+        used = set(cluster.requests())
+    denied = sorted(u for u in used if not allows(u[1], u[2], u[0]))
+    assert not denied, f"requests not covered by RULES: {denied}"
+    unused = [
+        (verb, group, res)
+        for rule in RULES
+        for group in rule["apiGroups"]
+        for res in rule["resources"]
+        for verb in rule["verbs"]
+        if (verb, group, res) not in used
+    ]
+    assert not unused, f"RULES grant more than the operator uses: {unused}"
