@@ -219,7 +219,10 @@ def _failure_policy() -> dict[str, Any]:
     """Preemption is not the worker's fault; bad input fails the same way on every retry."""
     return {
         "rules": [
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
             {
                 "action": "FailJob",
                 "onExitCodes": {
