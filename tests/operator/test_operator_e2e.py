@@ -208,3 +208,52 @@ def test_rbac_rules_cover_exactly_what_the_operator_uses(tmp_path):
         if (verb, group, res) not in used
     ]
     assert not unused, f"RULES grant more than the operator uses: {unused}"
+
+
+def test_python_m_tpo_operator_serves_liveness_and_reconciles(tmp_path):
+    """The real entrypoint as a subprocess: kubeconfig login, /healthz, a run gets its Job."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Cluster(tmp_path) as cluster:
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tpo_operator",
+                "--all-namespaces",
+                "--liveness-port",
+                str(port),
+                "--metrics-port",
+                "-1",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+
+            def healthy():
+                try:
+                    return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
+                except requests.ConnectionError:
+                    return False
+
+            from harness import wait_for
+
+            wait_for(healthy, 30, "liveness endpoint")
+            cluster.create_run(manifest(iterations=1))
+            cluster.wait_job("demo-prepare-0", timeout=30)
+        finally:
+            proc.terminate()
+            out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out[-2000:]
