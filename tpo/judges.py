@@ -1,0 +1,566 @@
+"""Judges: a reward model, a pairwise LLM judge (local vLLM or an OpenAI-compatible endpoint),
+a pointwise endpoint judge and a programmatic one.
+
+Every judge sees the RESPONSE only, never the thought (the paper's point: thoughts are optimised
+indirectly, through the responses they lead to). A sample that failed to parse has no response
+(`JudgeItem.response is None`) and is never sent to a judge; its score is None.
+
+Pairwise judges judge all pairs of a prompt's samples (both orders against position bias) and
+turn the battles into pointwise scores by Bradley-Terry maximum likelihood on the ELO scale.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any, Protocol
+
+from tpo import spec as S
+from tpo.errors import BadInput
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "TPO_JUDGE_API_KEY"
+
+# In the spirit of MT-Bench's pairwise prompt and the Self-Taught Evaluator.
+DEFAULT_PAIRWISE_TEMPLATE = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two "
+    "AI assistants to the user question displayed below. Choose the assistant that follows the "
+    "user's instructions and answers the user's question better: consider helpfulness, "
+    "relevance, accuracy, depth, creativity and level of detail. Do not let the order in which "
+    "the responses were presented, their length or the assistants' names influence your "
+    "evaluation. Be as objective as possible. Briefly explain your evaluation, then end with "
+    'your verdict in exactly this format: "[[A]]" if assistant A is better, "[[B]]" if '
+    'assistant B is better, and "[[C]]" for a tie.\n\n'
+    "[User Question]\n{instruction}\n\n"
+    "[The Start of Assistant A's Answer]\n{response_a}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{response_b}\n[The End of Assistant B's Answer]"
+)
+
+DEFAULT_POINTWISE_TEMPLATE = (
+    "Please act as an impartial judge and evaluate the quality of the response provided by an "
+    "AI assistant to the user question displayed below. Consider helpfulness, relevance, "
+    "accuracy, depth, creativity and level of detail. Be as objective as possible. Briefly "
+    "explain your evaluation, then rate the response on a scale of 1 to 10 by ending with "
+    'exactly this format: "Rating: [[5]]".\n\n'
+    "[User Question]\n{instruction}\n\n"
+    "[The Start of Assistant's Answer]\n{response}\n[The End of Assistant's Answer]"
+)
+
+_VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]|Rating:\s*(\d+(?:\.\d+)?)")
+_OUTCOME = {"A": 1.0, "B": 0.0, "C": 0.5}
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    instruction: str
+    response: str | None
+    record: dict = field(default_factory=dict)
+
+
+class Judge(Protocol):
+    battles: list[dict]
+
+    def score_groups(self, groups: Sequence[Sequence[JudgeItem]]) -> list[list[float | None]]: ...
+
+    def compare(self, pairs: Sequence[tuple[JudgeItem, JudgeItem]]) -> list[float | None]: ...
+
+    def close(self) -> None: ...
+
+
+class JudgeUnavailable(RuntimeError):
+    """The judge service could not be reached after retries: a crash, so the Job retries."""
+
+
+# --------------------------------------------------------------------------- pure parsing
+
+
+def parse_verdict(text: str | None) -> float | None:
+    """The LAST verdict marker wins (a judge may quote the format before it decides)."""
+    if not text:
+        return None
+    found = _VERDICT.findall(text)
+    return _OUTCOME[found[-1]] if found else None
+
+
+def parse_rating(text: str | None, low: float = 1.0, high: float = 10.0) -> float | None:
+    if not text:
+        return None
+    found = _RATING.findall(text)
+    if not found:
+        return None
+    a, b = found[-1]
+    value = float(a or b)
+    return value if low <= value <= high else None
+
+
+def pairwise_prompt(template: str, instruction: str, a: str, b: str) -> str:
+    # replace, not format: responses and instructions may hold braces.
+    return (
+        template.replace("{instruction}", instruction)
+        .replace("{response_a}", a)
+        .replace("{response_b}", b)
+    )
+
+
+def pointwise_prompt(instruction: str, response: str) -> str:
+    return DEFAULT_POINTWISE_TEMPLATE.replace("{instruction}", instruction).replace(
+        "{response}", response
+    )
+
+
+def outcome_for_first(first: float | None, swapped: float | None) -> float | None:
+    """Average the two orders of one pair (swapped is from the second item's side)."""
+    votes = [v for v in (first, None if swapped is None else 1.0 - swapped) if v is not None]
+    return sum(votes) / len(votes) if votes else None
+
+
+def compare_scores(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return 1.0 if a > b else 0.0 if a < b else 0.5
+
+
+# --------------------------------------------------------------------------- pointwise base
+
+
+class PointwiseJudge:
+    """Scores each scorable response on its own; subclasses score a flat batch."""
+
+    def __init__(self) -> None:
+        self.battles: list[dict] = []
+
+    def score_items(self, items: Sequence[JudgeItem]) -> list[float | None]:
+        raise NotImplementedError
+
+    def _score_scorable(self, items: Sequence[JudgeItem]) -> list[float | None]:
+        idx = [i for i, it in enumerate(items) if it.response is not None]
+        out: list[float | None] = [None] * len(items)
+        if idx:
+            for i, s in zip(idx, self.score_items([items[i] for i in idx]), strict=True):
+                out[i] = s
+        return out
+
+    def score_groups(self, groups: Sequence[Sequence[JudgeItem]]) -> list[list[float | None]]:
+        flat = [it for g in groups for it in g]
+        scores = self._score_scorable(flat)
+        out, pos = [], 0
+        for g in groups:
+            out.append(scores[pos : pos + len(g)])
+            pos += len(g)
+        return out
+
+    def compare(self, pairs: Sequence[tuple[JudgeItem, JudgeItem]]) -> list[float | None]:
+        scores = self._score_scorable([it for p in pairs for it in p])
+        return [compare_scores(scores[2 * i], scores[2 * i + 1]) for i in range(len(pairs))]
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- reward model
+
+
+def reward_text(tokenizer: Any, item: JudgeItem) -> str:
+    """The conversation the reward model reads: the instruction and the response, nothing else."""
+    assert item.response is not None
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [
+                {"role": "user", "content": item.instruction},
+                {"role": "assistant", "content": item.response},
+            ],
+            tokenize=False,
+        )
+    return f"{item.instruction}\n\n{item.response}"
+
+
+class RewardModelJudge(PointwiseJudge):
+    """A sequence classifier with one output (ArmoRM-style): one load per phase, batched."""
+
+    def __init__(self, cfg: S.RewardModelJudge):
+        super().__init__()
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        loc = model_location(cfg, "spec.judge.rewardModel")
+        self.cfg = cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(loc, revision=cfg.revision)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            loc, revision=cfg.revision, dtype="auto"
+        )
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        self.sent: list[str] = []  # the texts of the last call, for audits and tests
+
+    def score_items(self, items: Sequence[JudgeItem]) -> list[float | None]:
+        import torch
+
+        texts = [reward_text(self.tokenizer, it) for it in items]
+        self.sent = texts
+        out: list[float | None] = []
+        bs = self.cfg.batch_size
+        for start in range(0, len(texts), bs):
+            enc = self.tokenizer(
+                texts[start : start + bs],
+                add_special_tokens=False,
+                truncation=True,
+                max_length=self.cfg.max_length,
+                padding=True,
+                return_tensors="pt",
+            ).to(self.model.device)
+            with torch.no_grad():
+                res = self.model(**enc)
+            score = getattr(res, "score", None)
+            logits = (score if score is not None else res.logits).float()
+            out.extend(float(x) for x in logits.reshape(logits.shape[0], -1)[:, 0])
+        return out
+
+    def close(self) -> None:
+        self.model = None
+
+
+# --------------------------------------------------------------------------- pairwise core
+
+
+Complete = Callable[[Sequence[str]], list[str | None]]
+
+
+class PairwiseCore:
+    """All pairs of each group (both orders) in ONE batch of judge calls, then ELO per group.
+
+    `complete` turns judge prompts into judge replies (None = error); it is the only part that
+    differs between a local vLLM judge and a hosted endpoint.
+    """
+
+    def __init__(self, complete: Complete, *, template: str | None, both_orders: bool = True):
+        self.complete = complete
+        self.template = template or DEFAULT_PAIRWISE_TEMPLATE
+        self.both_orders = both_orders
+        self.battles: list[dict] = []
+        self.unparsed = 0  # replies without a verdict, over this judge's life
+        self.errors = 0  # calls that returned nothing
+
+    def _verdicts(self, jobs: Sequence[tuple[JudgeItem, JudgeItem]]) -> list[float | None]:
+        prompts = [
+            pairwise_prompt(self.template, a.instruction, a.response or "", b.response or "")
+            for a, b in jobs
+        ]
+        replies = self.complete(prompts) if prompts else []
+        out = []
+        for r in replies:
+            v = parse_verdict(r)
+            self.errors += r is None
+            self.unparsed += r is not None and v is None
+            out.append(v)
+        return out
+
+    def _orders(self, i: int, j: int) -> list[tuple[int, int]]:
+        return [(i, j), (j, i)] if self.both_orders else [(i, j)]
+
+    def score_groups(self, groups: Sequence[Sequence[JudgeItem]]) -> list[list[float | None]]:
+        jobs: list[tuple[int, int, int]] = []  # (group, shown as A, shown as B)
+        for g, items in enumerate(groups):
+            ok = [k for k, it in enumerate(items) if it.response is not None]
+            for i, j in combinations(ok, 2):
+                jobs.extend((g, a, b) for a, b in self._orders(i, j))
+        verdicts = self._verdicts([(groups[g][a], groups[g][b]) for g, a, b in jobs])
+        self.battles = [
+            {"prompt": g, "a": a, "b": b, "outcome": v}
+            for (g, a, b), v in zip(jobs, verdicts, strict=True)
+        ]
+        by_group: dict[int, list[dict]] = {}
+        for b in self.battles:
+            by_group.setdefault(b["prompt"], []).append(b)
+        return [elo_scores(items, by_group.get(g, [])) for g, items in enumerate(groups)]
+
+    def compare(self, pairs: Sequence[tuple[JudgeItem, JudgeItem]]) -> list[float | None]:
+        jobs = [(a, b) for a, b in pairs]
+        if self.both_orders:
+            jobs += [(b, a) for a, b in pairs]
+        v = self._verdicts(jobs)
+        n = len(pairs)
+        if not self.both_orders:
+            return v
+        return [outcome_for_first(v[i], v[n + i]) for i in range(n)]
+
+
+def elo_scores(items: Sequence[JudgeItem], battles: Sequence[dict]) -> list[float | None]:
+    """Bradley-Terry (ELO scale) over one group's judged battles.
+
+    A sample with no decided battle cannot be placed: None. A lone scorable sample (the others
+    failed to parse) has nothing to lose to: it scores 0.0 so it can still be chosen.
+    """
+    from tpo.scoring import Battle, bradley_terry
+
+    ok = [k for k, it in enumerate(items) if it.response is not None]
+    out: list[float | None] = [None] * len(items)
+    if len(ok) == 1:
+        out[ok[0]] = 0.0
+        return out
+    decided = [b for b in battles if b["outcome"] is not None]
+    placed = sorted({b["a"] for b in decided} | {b["b"] for b in decided})
+    if not placed:
+        return out
+    local = {k: i for i, k in enumerate(placed)}
+    ratings = bradley_terry(
+        len(placed), [Battle(local[b["a"]], local[b["b"]], b["outcome"]) for b in decided]
+    )
+    for k, r in zip(placed, ratings, strict=True):
+        out[k] = float(r)
+    return out
+
+
+# --------------------------------------------------------------------------- local vLLM judge
+
+
+class VllmPairwiseJudge:
+    """The pairwise judge on a local vLLM engine (greedy verdicts)."""
+
+    def __init__(self, cfg: S.PairwiseJudge, generator: Any | None = None):
+        if cfg.pairing != "round-robin":
+            raise BadInput(
+                f"spec.judge.pairwise.pairing: {cfg.pairing!r} is not implemented; "
+                "use 'round-robin' (all pairs, as in the paper)"
+            )
+        self.cfg = cfg
+        self.generator = generator or self._load(cfg)
+        self.core = PairwiseCore(self._complete, template=cfg.template, both_orders=cfg.both_orders)
+
+    @staticmethod
+    def _load(cfg: S.PairwiseJudge) -> Any:
+        from tpo.generate import load_generator
+
+        loc = model_location(cfg, "spec.judge.pairwise")
+        return load_generator(loc, S.Generation(backend="vllm"))
+
+    @property
+    def battles(self) -> list[dict]:
+        return self.core.battles
+
+    def _complete(self, prompts: Sequence[str]) -> list[str | None]:
+        """Prompts longer than the judge's context are errors (None), not a failed batch."""
+        limit = getattr(self.generator, "max_model_len", None)
+        lens = self.generator.count_tokens(prompts)
+        fits = [i for i, n in enumerate(lens) if not limit or n + self.cfg.max_tokens <= limit]
+        outs = self.generator.generate(
+            [prompts[i] for i in fits],
+            n=1,
+            temperature=0.0,
+            top_p=1.0,
+            max_tokens=self.cfg.max_tokens,
+            seed=0,
+        )
+        replies: list[str | None] = [None] * len(prompts)
+        for i, o in zip(fits, outs, strict=True):
+            replies[i] = o[0].text
+        return replies
+
+    def score_groups(self, groups: Sequence[Sequence[JudgeItem]]) -> list[list[float | None]]:
+        return self.core.score_groups(groups)
+
+    def compare(self, pairs: Sequence[tuple[JudgeItem, JudgeItem]]) -> list[float | None]:
+        return self.core.compare(pairs)
+
+    def close(self) -> None:
+        self.generator.close()
+
+
+# --------------------------------------------------------------------------- endpoint judge
+
+
+class ChatEndpoint:
+    """OpenAI-compatible /chat/completions with bounded concurrency, timeouts and retries.
+
+    Transient failures (connection errors, timeouts, 429, 5xx) are retried with exponential
+    backoff; if they persist the endpoint is down and JudgeUnavailable is raised (exit 1: the
+    Job retries, since an outage passes, whereas failing the run for good would lose it).
+    401/403/404 and other 4xx cannot be fixed by retrying: BadInput. The API key is sent in a
+    header only and never appears in a message or log.
+    """
+
+    backoff_seconds = 0.5
+    backoff_cap = 30.0
+
+    def __init__(self, cfg: S.EndpointJudge, api_key: str | None, *, max_tokens: int = 512):
+        self.cfg = cfg
+        self.url = cfg.url + "/chat/completions"
+        self._key = api_key
+        self.max_tokens = max_tokens
+        self._down = threading.Event()  # once one request gives up, the others stop waiting
+
+    def _post(self, prompt: str) -> dict:
+        body = {
+            "model": self.cfg.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0.0,
+            "max_tokens": self.max_tokens,
+        }
+        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST")
+        req.add_header("Content-Type", "application/json")
+        if self._key:
+            req.add_header("Authorization", f"Bearer {self._key}")
+        with urllib.request.urlopen(req, timeout=self.cfg.timeout_seconds) as resp:
+            return json.loads(resp.read().decode("utf-8", "replace"))
+
+    def one(self, prompt: str) -> str | None:
+        last = ""
+        for attempt in range(self.cfg.max_retries + 1):
+            if self._down.is_set():
+                last = "another request found the endpoint down"
+                break
+            if attempt:
+                time.sleep(min(self.backoff_cap, self.backoff_seconds * 2 ** (attempt - 1)))
+            try:
+                return reply_text(self._post(prompt))
+            except urllib.error.HTTPError as e:
+                if e.code == 429 or e.code >= 500:
+                    last = f"HTTP {e.code}"
+                    continue
+                raise BadInput(
+                    f"judge endpoint {self.url}: HTTP {e.code} {e.reason} "
+                    "(check spec.judge.endpoint.url, .model and the API key secret)"
+                ) from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+                last = str(getattr(e, "reason", e))
+            except ValueError:
+                return None  # a 200 that is not JSON: a garbage reply, not an outage
+        self._down.set()
+        raise JudgeUnavailable(
+            f"judge endpoint {self.url} unreachable after {self.cfg.max_retries + 1} "
+            f"attempt(s): {last}"
+        )
+
+    def complete(self, prompts: Sequence[str]) -> list[str | None]:
+        if not prompts:
+            return []
+        with ThreadPoolExecutor(max_workers=self.cfg.max_concurrency) as pool:
+            return list(pool.map(self.one, prompts))
+
+
+def reply_text(body: Any) -> str | None:
+    try:
+        text = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return text if isinstance(text, str) else None
+
+
+class EndpointPointwiseJudge(PointwiseJudge):
+    def __init__(self, endpoint: ChatEndpoint):
+        super().__init__()
+        self.endpoint = endpoint
+        self.unparsed = 0
+
+    def score_items(self, items: Sequence[JudgeItem]) -> list[float | None]:
+        replies = self.endpoint.complete(
+            [pointwise_prompt(it.instruction, it.response or "") for it in items]
+        )
+        scores = [parse_rating(r) for r in replies]
+        self.unparsed += sum(s is None for s in scores)
+        return scores
+
+
+class EndpointPairwiseJudge:
+    def __init__(self, endpoint: ChatEndpoint, *, template: str | None = None):
+        self.endpoint = endpoint
+        self.core = PairwiseCore(endpoint.complete, template=template, both_orders=True)
+
+    @property
+    def battles(self) -> list[dict]:
+        return self.core.battles
+
+    def score_groups(self, groups: Sequence[Sequence[JudgeItem]]) -> list[list[float | None]]:
+        return self.core.score_groups(groups)
+
+    def compare(self, pairs: Sequence[tuple[JudgeItem, JudgeItem]]) -> list[float | None]:
+        return self.core.compare(pairs)
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- programmatic
+
+
+class ProgrammaticJudge(PointwiseJudge):
+    """`module:function(instruction, response, record) -> float`; exceptions it raises are
+    crashes (retried), a non-numeric return is bad input."""
+
+    def __init__(self, cfg: S.ProgrammaticJudge):
+        super().__init__()
+        self.name = cfg.function
+        module, _, fn = cfg.function.partition(":")
+        try:
+            self.fn = getattr(importlib.import_module(module), fn)
+        except ImportError as e:
+            raise BadInput(f"spec.judge.programmatic.function {self.name!r}: {e}") from None
+        except AttributeError:
+            raise BadInput(
+                f"spec.judge.programmatic.function {self.name!r}: module {module!r} has no {fn!r}"
+            ) from None
+        if not callable(self.fn):
+            raise BadInput(f"spec.judge.programmatic.function {self.name!r} is not callable")
+
+    def score_items(self, items: Sequence[JudgeItem]) -> list[float | None]:
+        return [self._one(it) for it in items]
+
+    def _one(self, it: JudgeItem) -> float:
+        value = self.fn(it.instruction, it.response, it.record)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise BadInput(
+                f"judge function {self.name} returned {value!r} "
+                f"({type(value).__name__}); expected a finite number"
+            )
+        return float(value)
+
+
+# --------------------------------------------------------------------------- loader
+
+
+def model_location(ref: S.ModelRef, what: str) -> str:
+    if ref.path and not os.path.isfile(os.path.join(ref.path, "config.json")):
+        raise BadInput(f"{what}.path: {ref.path}: no model there (config.json not found)")
+    return ref.location
+
+
+def load_judge(judge: S.Judge, *, env: Mapping[str, str] = os.environ) -> Judge:
+    if judge.type == "rewardModel":
+        assert judge.reward_model is not None
+        return RewardModelJudge(judge.reward_model)
+    if judge.type == "pairwise":
+        assert judge.pairwise is not None
+        return VllmPairwiseJudge(judge.pairwise)
+    if judge.type == "endpoint":
+        cfg = judge.endpoint
+        assert cfg is not None
+        key = env.get(API_KEY_ENV) or None
+        if cfg.api_key_secret_ref is not None and not key:
+            raise BadInput(
+                f"spec.judge.endpoint.apiKeySecretRef is set but {API_KEY_ENV} is empty "
+                "(is the secret key present?)"
+            )
+        ep = ChatEndpoint(cfg, key)
+        return EndpointPairwiseJudge(ep) if cfg.mode == "pairwise" else EndpointPointwiseJudge(ep)
+    assert judge.programmatic is not None
+    return ProgrammaticJudge(judge.programmatic)
