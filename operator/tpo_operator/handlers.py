@@ -25,6 +25,7 @@ from tpo_operator.reconcile import (
     CreateJob,
     CreatePVC,
     CreateService,
+    DeleteJob,
     Event,
     JobOutcome,
     Plan,
@@ -94,6 +95,14 @@ class Kube:
 
     def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.request("PATCH", path, body, content_type="application/merge-patch+json")
+
+    def delete(self, path: str) -> None:
+        """Delete-if-present, pods in the background (the Job controller stops them)."""
+        try:
+            self.request("DELETE", path, query={"propagationPolicy": "Background"})
+        except ApiError as e:
+            if e.status != 404:
+                raise
 
 
 def run_path(namespace: str, name: str = "") -> str:
@@ -181,9 +190,11 @@ def _apply(api: Kube, body: dict[str, Any], result: Plan, namespace: str, name: 
             kopf.adopt(svc, owner=body)
             api.create(_core(namespace, "services"), svc)
         elif isinstance(action, CreateJob) and spec is not None:
-            manifest = J.job(spec, namespace, name, action.phase, action.iteration)
+            manifest = J.job(spec, namespace, name, action.phase, action.iteration, action.attempt)
             kopf.adopt(manifest, owner=body)
             api.create(_jobs(namespace), manifest)
+        elif isinstance(action, DeleteJob):
+            api.delete(f"{_jobs(namespace)}/{quote(action.name)}")
         elif isinstance(action, SuspendJob):
             ann = {USER_SUSPENDED: "true" if action.suspend else None}
             patch = {"metadata": {"annotations": ann}, "spec": {"suspend": action.suspend}}

@@ -19,17 +19,27 @@ APP = "tpo-operator"
 LABEL_RUN = "tpo.dev/run"
 LABEL_PHASE = "tpo.dev/phase"
 LABEL_ITERATION = "tpo.dev/iteration"
+LABEL_ATTEMPT = "tpo.dev/attempt"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 GPU = "nvidia.com/gpu"
 TERMINATION_LOG = "/dev/termination-log"
 CACHE = "/cache"
 DATA_VOLUME = "artifacts"
 MAX_NAME = 63
+RDZV_PORT = 29500
+RDZV_HOST_ENV = "TPO_RDZV_HOST"
+RDZV_PORT_ENV = "TPO_RDZV_PORT"
+VLLM_PHASES = ("generate", "evaluate")  # phases that load the policy into vLLM
 
 
-def job_name(run: str, phase: str, iteration: int) -> str:
-    """`<run>-<phase>-<t>`: at most 40 + 10 + 2 characters, a valid DNS label and pod prefix."""
-    name = f"{run}-{phase}-{iteration}"
+def job_name(run: str, phase: str, iteration: int, attempt: int = 0) -> str:
+    """`<run>-<phase>-<t>[-r<a>]`: at most 40 + 10 + 2 + 4 characters, so `<job>-<index>` (a
+    pod's hostname in an Indexed Job) is still a valid DNS label.
+
+    Attempt a > 0 is a whole-group restart of a multi-node train: a new Job beside the failed
+    one, which stays for its logs (see `train_job_multinode`).
+    """
+    name = f"{run}-{phase}-{iteration}" + (f"-r{attempt}" if attempt else "")
     if len(name) > MAX_NAME:
         raise ValueError(f"job name {name!r} exceeds {MAX_NAME} characters")
     return name
@@ -65,6 +75,24 @@ def labels(run: str, phase: str | None = None, iteration: int | None = None) -> 
 
 def shards_of(spec: TPORunSpec, phase: str) -> int:
     return {"generate": spec.generation.shards, "judge": spec.judge.shards}.get(phase, 1)
+
+
+def gpus_of(spec: TPORunSpec, phase: str) -> int:
+    """GPUs per pod: the pool's, raised to what the phase's processes need.
+
+    vLLM with tensor parallel size N needs N GPUs in its pod; a train pod runs one process
+    per GPU (`training.gpusPerNode`).
+    """
+    pool: Pool = getattr(spec.pools, phase)
+    if phase in VLLM_PHASES:
+        return max(pool.gpus, spec.generation.tensor_parallel)
+    if phase == "train":
+        return max(pool.gpus, spec.training.gpus_per_node)
+    return pool.gpus
+
+
+def multinode(spec: TPORunSpec, phase: str) -> bool:
+    return phase == "train" and spec.training.nodes > 1
 
 
 def pvc(spec: TPORunSpec, namespace: str, run: str) -> dict[str, Any] | None:
@@ -122,16 +150,18 @@ def _env(spec: TPORunSpec, phase: str, shards: int) -> list[dict[str, Any]]:
     endpoint = spec.judge.endpoint
     if endpoint and endpoint.api_key_secret_ref and phase in ("judge", "evaluate"):
         env.append(_secret_env("TPO_JUDGE_API_KEY", endpoint.api_key_secret_ref))
+    if phase == "train":
+        env.append({"name": "TORCH_EXTENSIONS_DIR", "value": f"{CACHE}/torch_extensions"})
     env += [dict(e) for e in spec.env]
     return env
 
 
-def _resources(pool: Pool) -> dict[str, Any]:
+def _resources(pool: Pool, gpus: int) -> dict[str, Any]:
     requests = dict(pool.resources.requests)
     limits = dict(pool.resources.limits)
-    if pool.gpus:
-        requests[GPU] = str(pool.gpus)
-        limits[GPU] = str(pool.gpus)
+    if gpus:
+        requests[GPU] = str(gpus)
+        limits[GPU] = str(gpus)
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
@@ -182,7 +212,7 @@ def _pod_spec(
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],
     }
-    res = _resources(pool)
+    res = _resources(pool, gpus_of(spec, phase))
     if res:
         container["resources"] = res
     pod: dict[str, Any] = {
@@ -215,40 +245,50 @@ def _pod_spec(
     return pod
 
 
-def _failure_policy() -> dict[str, Any]:
-    """Preemption is not the worker's fault; bad input fails the same way on every retry."""
-    return {
-        "rules": [
-            {
-                "action": "Ignore",
-                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+def _failure_policy(group: bool = False) -> dict[str, Any]:
+    """Preemption is not the worker's fault; bad input fails the same way on every retry.
+
+    A multi-node train (`group`) also fails the whole Job on any other crash: one lost rank
+    stalls every other rank's collectives, so the operator restarts the group as a new Job
+    instead of letting the Job controller replace a single pod.
+    """
+    rules: list[dict[str, Any]] = [
+        {
+            "action": "Ignore",
+            "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+        },
+        {
+            "action": "FailJob",
+            "onExitCodes": {
+                "containerName": "worker",
+                "operator": "In",
+                "values": [EXIT_BAD_INPUT],
             },
+        },
+    ]
+    if group:
+        rules.append(
             {
                 "action": "FailJob",
-                "onExitCodes": {
-                    "containerName": "worker",
-                    "operator": "In",
-                    "values": [EXIT_BAD_INPUT],
-                },
-            },
-        ]
-    }
+                "onExitCodes": {"containerName": "worker", "operator": "NotIn", "values": [0]},
+            }
+        )
+    return {"rules": rules}
 
 
-def job(spec: TPORunSpec, namespace: str, run: str, phase: str, iteration: int) -> dict[str, Any]:
+def job(
+    spec: TPORunSpec, namespace: str, run: str, phase: str, iteration: int, attempt: int = 0
+) -> dict[str, Any]:
     """The Job of one phase of one iteration (an Indexed Job when the phase is sharded)."""
-    if phase == "train" and spec.training.nodes > 1:
-        return train_job_multinode(spec, namespace, run, iteration)
+    if multinode(spec, phase):
+        return train_job_multinode(spec, namespace, run, iteration, attempt)
     shards = shards_of(spec, phase)
-    return _job(
-        spec,
-        namespace,
-        run,
-        phase,
-        iteration,
-        shards,
-        _pod_spec(spec, namespace, run, phase, iteration, shards),
-    )
+    pod = _pod_spec(spec, namespace, run, phase, iteration, shards)
+    if phase == "train" and spec.training.gpus_per_node > 1:
+        pod["containers"][0]["command"] = _torchrun(
+            spec, namespace, run, iteration, ["--standalone"]
+        )
+    return _job(spec, namespace, run, phase, iteration, shards, pod, attempt)
 
 
 def _job(
@@ -259,27 +299,30 @@ def _job(
     iteration: int,
     pods: int,
     pod: dict[str, Any],
+    attempt: int = 0,
 ) -> dict[str, Any]:
     pool: Pool = getattr(spec.pools, phase)
-    meta_labels = labels(run, phase, iteration)
+    pod_labels = {**labels(run, phase, iteration), LABEL_ATTEMPT: str(attempt)}
+    meta_labels = dict(pod_labels)
     if pool.queue_name:
         meta_labels[KUEUE_QUEUE] = pool.queue_name
+    group = multinode(spec, phase)
     body: dict[str, Any] = {
-        "backoffLimit": pool.backoff_limit,
-        "podFailurePolicy": _failure_policy(),
-        "template": {"metadata": {"labels": labels(run, phase, iteration)}, "spec": pod},
+        "backoffLimit": 0 if group else pool.backoff_limit,
+        "podFailurePolicy": _failure_policy(group),
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod},
     }
     if pods > 1:
         body.update(completionMode="Indexed", completions=pods, parallelism=pods)
     if pool.active_deadline_seconds:
         body["activeDeadlineSeconds"] = pool.active_deadline_seconds
     if pool.queue_name:
-        body["suspend"] = True
+        body["suspend"] = True  # Kueue admits (unsuspends) it; the operator never does
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(run, phase, iteration),
+            "name": job_name(run, phase, iteration, attempt),
             "namespace": namespace,
             "labels": meta_labels,
         },
@@ -292,7 +335,11 @@ def service_name(run: str, iteration: int) -> str:
 
 
 def train_service(spec: TPORunSpec, namespace: str, run: str, iteration: int) -> dict[str, Any]:
-    """Headless Service giving each train pod a stable DNS name for the torchrun rendezvous."""
+    """Headless Service giving each train pod a stable DNS name for the torchrun rendezvous.
+
+    One Service serves every attempt of the iteration's train: its selector leaves the attempt
+    out, and pods of a failed attempt are terminal, so they are no endpoints.
+    """
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -305,33 +352,74 @@ def train_service(spec: TPORunSpec, namespace: str, run: str, iteration: int) ->
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": {LABEL_RUN: run, LABEL_PHASE: "train", LABEL_ITERATION: str(iteration)},
-            "ports": [{"name": "rendezvous", "port": 29500, "targetPort": 29500}],
+            "ports": [{"name": "rendezvous", "port": RDZV_PORT, "targetPort": RDZV_PORT}],
         },
     }
 
 
+def _torchrun(
+    spec: TPORunSpec, namespace: str, run: str, iteration: int, rendezvous: list[str]
+) -> list[str]:
+    """`sh -c 'exec torchrun ... -m tpo.cli phase train ...'`: the shell expands the pod's env."""
+    inner = shlex.join(command(spec, namespace, run, "train", iteration, False)[1:])
+    per_node = max(spec.training.gpus_per_node, 1)
+    args = [f"--nnodes {spec.training.nodes}", f"--nproc-per-node {per_node}", *rendezvous]
+    return ["sh", "-c", f"exec torchrun {' '.join(args)} --max-restarts 0 -m tpo.cli {inner}"]
+
+
 def train_job_multinode(
-    spec: TPORunSpec, namespace: str, run: str, iteration: int
+    spec: TPORunSpec, namespace: str, run: str, iteration: int, attempt: int = 0
 ) -> dict[str, Any]:
     """Multi-node DPO: an Indexed Job, pod i is torchrun node i, pod 0 the rendezvous host.
 
-    The seam for issue 7: the worker side (torchrun around `tpo phase train`) is launched here;
-    DeepSpeed settings come from the spec snapshot on the volume.
+    Static rendezvous (`--master-addr <job>-0.<service>`): ranks are the completion indexes, so
+    a node's rank never changes. The host and port come from the pod's env, so the exact
+    command can run outside a cluster with another host. All-or-nothing: the Job fails on any
+    pod failure (`_failure_policy(group=True)`, backoffLimit 0; the Job controller then stops
+    the other pods) and the operator creates the next attempt; a preempted pod is ignored here
+    and its peers' failure restarts the group without using the retry budget.
     """
-    nodes = spec.training.nodes
-    name = job_name(run, "train", iteration)
+    name = job_name(run, "train", iteration, attempt)
+    svc = service_name(run, iteration)
     pod = _pod_spec(spec, namespace, run, "train", iteration, 1)
-    per_node = max(spec.training.gpus_per_node, 1)
-    inner = shlex.join(command(spec, namespace, run, "train", iteration, False)[1:])
-    pod["subdomain"] = service_name(run, iteration)
-    pod["containers"][0]["command"] = [
-        "sh",
-        "-c",
-        f"exec torchrun --nnodes {nodes} --nproc-per-node {per_node} "
-        f"--node-rank $JOB_COMPLETION_INDEX --master-addr {name}-0.{service_name(run, iteration)} "
-        f"--master-port 29500 -m tpo.cli {inner}",
+    pod["subdomain"] = svc
+    container = pod["containers"][0]
+    container["env"] += [
+        {"name": RDZV_HOST_ENV, "value": f"{name}-0.{svc}"},
+        {"name": RDZV_PORT_ENV, "value": str(RDZV_PORT)},
     ]
-    return _job(spec, namespace, run, "train", iteration, nodes, pod)
+    container["ports"] = [{"name": "rendezvous", "containerPort": RDZV_PORT}]
+    container["command"] = _torchrun(
+        spec,
+        namespace,
+        run,
+        iteration,
+        [
+            '--node-rank "$JOB_COMPLETION_INDEX"',
+            f'--master-addr "${RDZV_HOST_ENV}"',
+            f'--master-port "${RDZV_PORT_ENV}"',
+        ],
+    )
+    affinity = dict(pod.get("affinity") or {})  # a copy: never write into the spec's dict
+    affinity.setdefault("podAntiAffinity", _spread(run, iteration, attempt))
+    pod["affinity"] = affinity
+    return _job(spec, namespace, run, "train", iteration, spec.training.nodes, pod, attempt)
+
+
+def _spread(run: str, iteration: int, attempt: int) -> dict[str, Any]:
+    """One train pod per node (preferred: a GPU request of a whole node enforces it anyway)."""
+    selector = {**labels(run, "train", iteration), LABEL_ATTEMPT: str(attempt)}
+    return {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 100,
+                "podAffinityTerm": {
+                    "labelSelector": {"matchLabels": selector},
+                    "topologyKey": "kubernetes.io/hostname",
+                },
+            }
+        ]
+    }
 
 
 def children(spec: TPORunSpec, namespace: str, run: str, iteration: int) -> list[dict[str, Any]]:
@@ -343,7 +431,7 @@ def children(spec: TPORunSpec, namespace: str, run: str, iteration: int) -> list
     phases = ["prepare", "evaluate"] if iteration == 0 else ["generate", "judge", "train"]
     phases += [] if iteration == 0 else ["evaluate"]
     for phase in phases:
-        if phase == "train" and spec.training.nodes > 1:
+        if multinode(spec, phase):
             out.append(train_service(spec, namespace, run, iteration))
         out.append(job(spec, namespace, run, phase, iteration))
     return out

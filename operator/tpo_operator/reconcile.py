@@ -9,6 +9,12 @@ create-if-absent), and a plan made after a crash picks up where the last applied
 A run is a fixed sequence of steps: prepare-0, evaluate-0 (seed with vs without thoughts),
 then generate/judge/train/evaluate for t = 1..T. `status.step` + `status.iteration` name the
 step in flight; every step before it is done. At most one Job of a run is live at a time.
+
+Scale-out (docs/scale-out.md): a multi-node train runs all-or-nothing, so a failed group is
+restarted whole as the step's next attempt (a new Job `<job>-r<a>`); the attempts are counted
+from the Jobs that exist, so the budget survives operator restarts. Kueue-managed Jobs (queue
+label) are unsuspended only by Kueue's admission; a user suspend deletes such a Job (Kueue
+would undo a suspend of an admitted Job) and a resume creates it again, queued.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from tpo.errors import EXIT_BAD_INPUT
 from tpo.spec import (
     PHASE_OF_STEP,
     RunPhase,
@@ -34,6 +41,8 @@ Step = tuple[str, int]
 MUTABLE_FIELDS = ("suspend", "pools", "images", "env")
 TERMINAL = (RunPhase.succeeded.value, RunPhase.failed.value)
 USER_SUSPENDED = "tpo.dev/user-suspended"
+# Job failure reasons a group restart would not fix: the time limit is spent.
+NOT_RESTARTED = ("DeadlineExceeded",)
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,9 @@ class ObservedJob:
     preempted: int = 0  # pods that failed with a DisruptionTarget condition
     summaries: tuple[dict[str, Any], ...] = ()  # termination messages of succeeded pods
     pod_message: str = ""  # termination message (or log tail) of the last failed pod
+    attempt: int = 0  # > 0: a whole-group restart of a multi-node train
+    queue: str | None = None  # Kueue LocalQueue (label): Kueue alone unsuspends the Job
+    bad_input: bool = False  # a pod exited with EXIT_BAD_INPUT: retrying cannot help
 
     @property
     def finished(self) -> bool:
@@ -76,6 +88,14 @@ class CreateJob:
     name: str
     phase: str
     iteration: int
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    """Only for a user suspend of a Kueue-managed Job (background propagation)."""
+
+    name: str
 
 
 @dataclass(frozen=True)
@@ -100,7 +120,7 @@ class JobOutcome:
     reason: str
 
 
-Action = CreatePVC | CreateService | CreateJob | SuspendJob | Event | JobOutcome
+Action = CreatePVC | CreateService | CreateJob | DeleteJob | SuspendJob | Event | JobOutcome
 
 
 @dataclass
@@ -134,10 +154,16 @@ def step_index(status: TPORunStatus, iterations: int) -> int:
         return -1
 
 
-def job_name(run: str, step: Step) -> str:
+def job_name(run: str, step: Step, attempt: int = 0) -> str:
     from tpo_operator.jobs import job_name as name
 
-    return name(run, step[0], step[1])
+    return name(run, step[0], step[1], attempt)
+
+
+def attempts_of(jobs: dict[str, ObservedJob], step: Step) -> list[ObservedJob]:
+    """The step's Jobs, oldest attempt first; the last one is the step's current Job."""
+    mine = [j for j in jobs.values() if (j.phase, j.iteration) == step]
+    return sorted(mine, key=lambda j: j.attempt)
 
 
 # --------------------------------------------------------------------------- spec changes
@@ -294,14 +320,14 @@ def _advance(ctx: _Ctx, spec: TPORunSpec, jobs: dict[str, ObservedJob], run: str
     idx = step_index(ctx.status, spec.iterations)
     while 0 <= idx < len(order):
         step = order[idx]
-        job = jobs.get(job_name(run, step))
+        attempts = attempts_of(jobs, step)
+        job = attempts[-1] if attempts else None
         if job is None:
             _create(ctx, spec, jobs, run, step)
             return
         if job.failed_reason is not None:
-            msg = f"{step[0]} of iteration {step[1]} failed ({job.failed_reason})"
-            detail = job.failed_message or job.pod_message
-            ctx.fail(job.failed_reason, f"{msg}: {detail[-500:]}" if detail else msg, step[0])
+            if not _restart_group(ctx, spec, jobs, attempts, run, step):
+                _fail_step(ctx, spec, job, attempts, step)
             return
         if not job.complete:
             _live(ctx, spec, job, step)
@@ -313,6 +339,64 @@ def _advance(ctx: _Ctx, spec: TPORunSpec, jobs: dict[str, ObservedJob], run: str
             return
         ctx.status.step, ctx.status.iteration = order[idx]
         ctx.status.phase = PHASE_OF_STEP[order[idx][0]]
+
+
+def _group_failures(attempts: list[ObservedJob]) -> int:
+    """Failed attempts that count against the budget (a preempted pod's group is free)."""
+    return sum(1 for j in attempts if j.failed_reason is not None and not j.preempted)
+
+
+def _restart_group(
+    ctx: _Ctx,
+    spec: TPORunSpec,
+    jobs: dict[str, ObservedJob],
+    attempts: list[ObservedJob],
+    run: str,
+    step: Step,
+) -> bool:
+    """All-or-nothing multi-node train: a failed group becomes a new attempt, if any is left.
+
+    Budget: `pools.train.backoffLimit` group restarts caused by failures; restarts caused by a
+    preemption (DisruptionTarget) are not counted, as for single-pod Jobs.
+    """
+    from tpo_operator.jobs import multinode
+
+    job = attempts[-1]
+    if not multinode(spec, step[0]) or job.bad_input or job.failed_reason in NOT_RESTARTED:
+        return False
+    failures = _group_failures(attempts)
+    if failures > spec.pools.train.backoff_limit:
+        return False
+    nxt = job.attempt + 1
+    if job.preempted:
+        key = "train:group-preempted"
+        count = sum(1 for j in attempts if j.failed_reason is not None and j.preempted)
+    else:
+        key, count = "train:group-restarts", failures
+    if ctx.status.retries.get(key, 0) < count:
+        ctx.status.retries[key] = count
+        cause = "lost a preempted pod" if job.preempted else f"failed ({job.failed_reason})"
+        ctx.event(
+            "Warning",
+            "GroupRestart",
+            f"{job.name} {cause}: restarting all {spec.training.nodes} nodes as "
+            f"{job_name(run, step, nxt)} ({failures} of {spec.pools.train.backoff_limit} "
+            "restarts after failures used)",
+        )
+        outcome = "preempted" if job.preempted else "retry"
+        ctx.actions.append(JobOutcome(step[0], outcome, "GroupRestart"))
+    _create(ctx, spec, jobs, run, step, nxt)
+    return True
+
+
+def _fail_step(
+    ctx: _Ctx, spec: TPORunSpec, job: ObservedJob, attempts: list[ObservedJob], step: Step
+) -> None:
+    msg = f"{step[0]} of iteration {step[1]} failed ({job.failed_reason})"
+    if len(attempts) > 1:
+        msg += f" after {len(attempts) - 1} group restart(s)"
+    detail = job.failed_message or job.pod_message
+    ctx.fail(job.failed_reason or "Failed", f"{msg}: {detail[-500:]}" if detail else msg, step[0])
 
 
 def _record(ctx: _Ctx, job: ObservedJob, step: Step) -> None:
@@ -349,9 +433,16 @@ def _succeed(ctx: _Ctx, spec: TPORunSpec) -> None:
 
 
 def _create(
-    ctx: _Ctx, spec: TPORunSpec, jobs: dict[str, ObservedJob], run: str, step: Step
+    ctx: _Ctx,
+    spec: TPORunSpec,
+    jobs: dict[str, ObservedJob],
+    run: str,
+    step: Step,
+    attempt: int = 0,
 ) -> None:
     """Create the step's Job, unless suspended or another Job of the run is still live."""
+    from tpo_operator.jobs import multinode
+
     if spec.suspend:
         _set_suspended(ctx, step, f"suspended before {step[0]} of iteration {step[1]}")
         return
@@ -360,21 +451,28 @@ def _create(
     if busy:
         ctx.status.message = f"waiting for {', '.join(busy)} to finish"
         return
-    if step[0] == "train" and spec.training.nodes > 1:
+    name = job_name(run, step, attempt)
+    if multinode(spec, step[0]):
         ctx.actions.append(CreateService(job_name(run, step), step[1]))
-    ctx.actions.append(CreateJob(job_name(run, step), step[0], step[1]))
-    ctx.event("Normal", "JobCreated", f"{job_name(run, step)}: {step[0]} of iteration {step[1]}")
+    ctx.actions.append(CreateJob(name, step[0], step[1], attempt))
+    ctx.event("Normal", "JobCreated", f"{name}: {step[0]} of iteration {step[1]}")
 
 
 def _live(ctx: _Ctx, spec: TPORunSpec, job: ObservedJob, step: Step) -> None:
     if spec.suspend:
-        if not job.suspend:
+        if job.queue:
+            # Kueue unsuspends an admitted Job that someone else suspends; deleting it releases
+            # its quota for real. Finished shards and checkpoints stay on the volume.
+            ctx.actions.append(DeleteJob(job.name))
+        elif not job.suspend:
             ctx.actions.append(SuspendJob(job.name, True))
         _set_suspended(ctx, step, f"{job.name} suspended")
         return
-    if job.suspend and job.user_suspended:
+    if job.suspend and job.user_suspended and not job.queue:
         ctx.actions.append(SuspendJob(job.name, False))
     _set_running(ctx, step)
+    if job.suspend and job.queue:
+        ctx.status.message = f"{job.name} waits for admission by Kueue (queue {job.queue})"
 
 
 def _set_suspended(ctx: _Ctx, step: Step, message: str) -> None:
@@ -435,10 +533,13 @@ def parse_summary(message: str) -> dict[str, Any] | None:
     return None
 
 
-def _pod_facts(pods: list[dict[str, Any]]) -> tuple[tuple[dict[str, Any], ...], int, str]:
-    """(summaries of succeeded pods, one per shard; preempted pods; last failure message)."""
+def _pod_facts(
+    pods: list[dict[str, Any]],
+) -> tuple[tuple[dict[str, Any], ...], int, str, bool]:
+    """(summaries of succeeded pods, one per shard; preempted pods; last failure message;
+    whether a pod exited with EXIT_BAD_INPUT)."""
     by_shard: dict[int, dict[str, Any]] = {}
-    preempted, message = 0, ""
+    preempted, message, bad = 0, "", False
     for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
         st = pod.get("status") or {}
         if st.get("phase") == "Succeeded":
@@ -454,30 +555,44 @@ def _pod_facts(pods: list[dict[str, Any]]) -> tuple[tuple[dict[str, Any], ...], 
                 preempted += 1
             for term in _terminated(pod):
                 message = term.get("message") or term.get("reason") or message
-    return tuple(by_shard[k] for k in sorted(by_shard)), preempted, message
+                bad = bad or term.get("exitCode") == EXIT_BAD_INPUT
+    return tuple(by_shard[k] for k in sorted(by_shard)), preempted, message, bad
+
+
+def _attempt_of(obj: dict[str, Any]) -> int:
+    from tpo_operator.jobs import LABEL_ATTEMPT
+
+    try:
+        return int(_labels(obj).get(LABEL_ATTEMPT, "0"))
+    except ValueError:
+        return -1
 
 
 def observe(
     job_bodies: list[dict[str, Any]], pod_bodies: list[dict[str, Any]], run: str
 ) -> list[ObservedJob]:
     """The planner's view of a run's Jobs, from raw API objects (filters by label itself)."""
+    from tpo_operator.jobs import KUEUE_QUEUE
     from tpo_operator.jobs import job_name as name_of
 
-    pods: dict[Step, list[dict[str, Any]]] = {}
+    pods: dict[tuple[Step, int], list[dict[str, Any]]] = {}
     for pod in pod_bodies:
         step = _step_of(pod, run)
         if step is not None:
-            pods.setdefault(step, []).append(pod)
+            pods.setdefault((step, _attempt_of(pod)), []).append(pod)
     out = []
     for job in job_bodies:
         step = _step_of(job, run)
         meta = job.get("metadata") or {}
-        if step is None or meta.get("name") != name_of(run, *step):
+        attempt = _attempt_of(job)
+        if step is None or attempt < 0 or meta.get("name") != name_of(run, *step, attempt):
             continue
+        if meta.get("deletionTimestamp"):
+            continue  # going away (a Kueue Job the user suspended): as if already gone
         st = job.get("status") or {}
         conds = {c.get("type"): c for c in st.get("conditions") or [] if c.get("status") == "True"}
         failed = conds.get("Failed")
-        summaries, preempted, message = _pod_facts(pods.get(step, []))
+        summaries, preempted, message, bad = _pod_facts(pods.get((step, attempt), []))
         out.append(
             ObservedJob(
                 name=meta["name"],
@@ -494,6 +609,9 @@ def observe(
                 preempted=preempted,
                 summaries=summaries,
                 pod_message=message,
+                attempt=attempt,
+                queue=_labels(job).get(KUEUE_QUEUE) or None,
+                bad_input=bad,
             )
         )
     return sorted(out, key=lambda j: j.name)
