@@ -20,7 +20,8 @@ RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["batch"],
         "resources": ["jobs"],
-        "verbs": ["list", "watch", "create", "patch"],
+        # delete: only a user suspend of a Kueue-managed Job (Kueue would undo a suspend)
+        "verbs": ["list", "watch", "create", "patch", "delete"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},

@@ -186,13 +186,18 @@ def test_rbac_rules_cover_exactly_what_the_operator_uses(tmp_path):
     """Every request the operator makes is allowed by RULES, and every rule is used."""
     with Cluster(tmp_path) as cluster, Operator(cluster):
         ctl = JobController(cluster)
-        cluster.create_run(manifest(iterations=1, training={"nodes": 2}))
-        finish(cluster, ctl, [("prepare", 0), ("evaluate", 0), ("generate", 1)])
-        cluster.wait_job("demo-judge-1")
-        cluster.patch(PLURAL, "demo", {"spec": {"suspend": True}})
-        cluster.wait_status("demo", lambda s: s.get("phase") == "Suspended")
-        cluster.patch(PLURAL, "demo", {"spec": {"suspend": False}})
-        cluster.wait_status("demo", lambda s: s.get("phase") == "Judging")
+        queued = {"judge": {"queueName": "q"}}  # a Kueue Job: a user suspend deletes it
+        cluster.create_run(manifest(iterations=1, training={"nodes": 2}, pools=queued))
+        finish(cluster, ctl, [("prepare", 0), ("evaluate", 0)])
+        cluster.wait_job("demo-generate-1")
+        for queue in (False, True):  # suspend/resume of a plain Job, then of a Kueue Job
+            cluster.patch(PLURAL, "demo", {"spec": {"suspend": True}})
+            cluster.wait_status("demo", lambda s: s.get("phase") == "Suspended")
+            cluster.patch(PLURAL, "demo", {"spec": {"suspend": False}})
+            cluster.wait_status("demo", lambda s: s.get("phase") in ("Generating", "Judging"))
+            if not queue:
+                finish(cluster, ctl, [("generate", 1)])
+                cluster.wait_job("demo-judge-1")
         finish(cluster, ctl, [("judge", 1), ("train", 1), ("evaluate", 1)])
         cluster.wait_status("demo", lambda s: s.get("phase") == "Succeeded")
         assert cluster.get("services", "demo-train-1") is not None
