@@ -133,10 +133,12 @@ class VllmGenerator:
             return []
         inputs = [{"prompt_token_ids": chat_prompt_ids(self.tokenizer, p)} for p in prompts]
         # One SamplingParams per prompt: a per-prompt seed keeps a prompt's samples the same
-        # whatever else shares the batch (shards, retries).
+        # whatever else shares the batch (shards, retries). vLLM refuses greedy with n > 1:
+        # greedy samples are all the same, so one is generated and repeated.
+        greedy = temperature <= 0
         params = [
             SamplingParams(
-                n=n,
+                n=1 if greedy else n,
                 temperature=temperature,
                 top_p=top_p if temperature > 0 else 1.0,
                 max_tokens=max_tokens,
@@ -145,10 +147,11 @@ class VllmGenerator:
             for i in range(len(prompts))
         ]
         outs = self.llm.generate(inputs, params, use_tqdm=False)
-        return [
+        comps = [
             [Completion(o.text, len(o.token_ids), o.finish_reason) for o in req.outputs]
             for req in outs
         ]
+        return [c * n for c in comps] if greedy else comps
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return count_tokens(self.tokenizer, texts)
@@ -223,11 +226,13 @@ class TransformersGenerator:
                 top_p=top_p if sampling else None,
                 top_k=None,
                 max_new_tokens=max_tokens,
-                num_return_sequences=n,
+                num_return_sequences=n if sampling else 1,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         new = seqs[:, enc["input_ids"].shape[1] :].tolist()
         comps = [self._completion(row, max_tokens) for row in new]
+        if not sampling:  # greedy samples are all the same: generated once, repeated
+            return [[c] * n for c in comps]
         return [comps[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def _completion(self, row: list[int], max_tokens: int) -> Completion:
