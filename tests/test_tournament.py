@@ -1,0 +1,140 @@
+"""Min/max tournament pairing: exact on a noiseless judge, bounded, never picks a parse failure."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tpo.tournament import MinMaxTournament, minmax_bound, run_tournaments
+
+
+def order_judge(quality: list[list[float]]):
+    """A noiseless judge: the sample with the higher latent quality wins, ties are ties."""
+
+    def judge(jobs):
+        return [
+            1.0 if quality[i][a] > quality[i][b] else 0.0 if quality[i][a] < quality[i][b] else 0.5
+            for i, a, b in jobs
+        ]
+
+    return judge
+
+
+perms = st.integers(2, 16).flatmap(lambda k: st.permutations(list(range(k))))
+
+
+@settings(max_examples=200, deadline=None)
+@given(perm=perms, both=st.booleans(), repeats=st.integers(0, 3))
+def test_noiseless_total_order_finds_max_and_min_within_pohl_bound(perm, both, repeats):
+    k = len(perm)
+    t = MinMaxTournament(k, both_orders=both, max_repeats=repeats)
+    run_tournaments([t], order_judge([list(map(float, perm))]))
+    assert t.done and t.pending() == []
+    assert t.best() == perm.index(k - 1)
+    assert t.worst() == perm.index(0)
+    assert t.matches <= minmax_bound(k)
+    assert t.calls == t.matches * (2 if both else 1)  # a noiseless judge never needs repeats
+
+
+def test_pohl_bound_values():
+    assert [minmax_bound(k) for k in range(1, 9)] == [0, 1, 3, 4, 6, 7, 9, 10]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    valid=st.lists(st.booleans(), min_size=0, max_size=16),
+    seed=st.integers(0, 2**32 - 1),
+    repeats=st.integers(0, 2),
+    error_rate=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_any_judge_terminates_and_never_chooses_an_invalid_sample(valid, seed, repeats, error_rate):
+    """Arbitrary (random, erroring, intransitive) verdicts: bounded calls, sane picks."""
+    rng = random.Random(seed)
+    k = len(valid)
+    t = MinMaxTournament(k, max_repeats=repeats, valid=valid)
+
+    def judge(jobs):
+        return [None if rng.random() < error_rate else rng.choice([0.0, 0.5, 1.0]) for _ in jobs]
+
+    rounds = run_tournaments([t], judge)
+    assert t.done
+    n_valid = sum(valid)
+    assert t.calls <= 2 * minmax_bound(n_valid) * (repeats + 1)
+    assert rounds <= 2 * (repeats + 1) * (k.bit_length() + 1)  # logarithmic depth
+    best, worst = t.best(), t.worst()
+    if n_valid == 0:
+        assert best is None
+    else:
+        assert best is not None and valid[best]
+    if not all(valid):
+        assert worst is not None and not valid[worst]  # a failure is the rejected one
+        assert t.calls <= 2 * max(n_valid - 1, 0) * (repeats + 1)  # no min bracket
+    elif n_valid >= 2:
+        assert worst is not None and worst != best
+    scores = t.scores()
+    assert [s is None for s in scores] == [not v for v in valid]
+    if best is not None and n_valid >= 2:
+        top = max(s for s in scores if s is not None)
+        assert scores[best] == top and scores.count(top) == 1
+    if all(valid) and n_valid >= 2:
+        low = min(scores)
+        assert scores[worst] == low and scores.count(low) == 1
+
+
+def test_disagreeing_orders_are_repeated_then_settled_by_evidence():
+    """A judge that always prefers the first-shown sample gives no information: every match is
+    replayed max_repeats times and then settled by earlier points, then the lower index."""
+    t = MinMaxTournament(4, max_repeats=2)
+    run_tournaments([t], lambda jobs: [1.0] * len(jobs))
+    assert t.matches == minmax_bound(4)
+    assert t.calls == 2 * 3 * minmax_bound(4)  # both orders x (1 + 2 repeats) each
+    assert (t.best(), t.worst()) == (0, 3)
+
+
+def test_repeat_resolves_a_position_biased_first_attempt():
+    calls: list[tuple[int, int]] = []
+    t = MinMaxTournament(2, max_repeats=1)
+
+    def judge(jobs):
+        calls.extend((a, b) for _, a, b in jobs)
+        if len(calls) <= 2:
+            return [1.0, 1.0]  # both orders say "first wins": they disagree
+        return [0.0 if (a, b) == (0, 1) else 1.0 for _, a, b in jobs]  # sample 1 is better
+
+    run_tournaments([t], judge)
+    assert calls == [(0, 1), (1, 0), (0, 1), (1, 0)]
+    assert (t.best(), t.worst()) == (1, 0)
+
+
+def test_rounds_are_batched_across_prompts():
+    rng = random.Random(7)
+    quality = [[rng.random() for _ in range(8)] for _ in range(5)]
+    ts = [MinMaxTournament(8) for _ in quality]
+    batches: list[int] = []
+    judge = order_judge(quality)
+
+    def batch(jobs):
+        batches.append(len(jobs))
+        assert {i for i, _, _ in jobs} == set(range(5))  # every prompt in every round
+        return judge(jobs)
+
+    rounds = run_tournaments(ts, batch)
+    assert rounds == 3 and batches == [5 * 8, 5 * 8, 5 * 4]  # split, semis, finals (both orders)
+    for q, t in zip(quality, ts, strict=True):
+        assert t.best() == q.index(max(q)) and t.worst() == q.index(min(q))
+        assert t.calls == 20
+
+
+def test_bad_records_are_refused():
+    t = MinMaxTournament(3)
+    with pytest.raises(ValueError, match="not pending"):
+        t.record(0, 2, 1.0)
+    with pytest.raises(ValueError, match="not in"):
+        t.record(0, 1, 2.0)
+    with pytest.raises(ValueError, match="flags"):
+        MinMaxTournament(3, valid=[True])
+    with pytest.raises(ValueError, match="outcomes"):
+        run_tournaments([MinMaxTournament(2)], lambda jobs: [])
