@@ -199,7 +199,10 @@ def test_rbac_rules_are_the_operators_rules(rendered):
 
     for variant, docs in rendered.items():
         for role in of_kind(docs, "Role") + of_kind(docs, "ClusterRole"):
-            assert role["rules"] == RULES, f"{variant}: {role['kind']} rules differ from RULES"
+            assert role["rules"] == RULES, (
+                f"{variant}: the chart's {role['kind']} differs from tpo_operator.rbac.RULES: "
+                "update `tpo-operator.rules` in charts/tpo-operator/templates/_helpers.tpl"
+            )
 
 
 def _bound_namespaces(docs: list[dict]) -> set[str]:
@@ -401,3 +404,23 @@ def test_each_skipped_checkov_check_is_justified():
         assert lines[i - 1].strip().startswith("#") and len(lines[i - 1].strip()) > 20, (
             f".checkov.yaml:{i + 1}: {lines[i].strip()} has no one-line justification above it"
         )
+
+
+# --------------------------------------------------------------------------- NOTES.txt
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"watchNamespaces": ["ml", "ml2"]}, "It reconciles TPORuns in: ml, ml2."),
+        ({"watchAllNamespaces": True}, "It reconciles TPORuns in ALL namespaces"),
+    ],
+)
+def test_notes_name_the_watched_namespaces(helm, tmp_path, values, expected):
+    cmd = [str(helm), "install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client"]
+    proc = subprocess.run(
+        [*cmd, "-f", str(_values_file(tmp_path, values))], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert expected in notes and "docs/cluster-guide.md" in notes
