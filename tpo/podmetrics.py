@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 log = logging.getLogger("tpo.podmetrics")
 
 PORT_ENV = "TPO_METRICS_PORT"
+ADDR_ENV = "TPO_METRICS_ADDR"
 LABELS = ("namespace", "run", "phase", "iteration", "shard")
 _ENV = {
     "namespace": "TPO_NAMESPACE",
@@ -92,7 +93,8 @@ def start_if_configured(**labels: Any) -> int | None:
     except ValueError:
         log.warning("%s=%r is not a port number; pod metrics are off", PORT_ENV, raw)
         return None
-    server, _ = start_http_server(port, registry=REGISTRY)
+    addr = os.environ.get(ADDR_ENV) or "0.0.0.0"  # tests: 127.0.0.1
+    server, _ = start_http_server(port, addr=addr, registry=REGISTRY)
     _port = int(server.server_port)
     log.info("pod metrics on :%d/metrics", _port)
     return _port

@@ -14,6 +14,7 @@ this module never clashes with other libraries' metrics and tests can read exact
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 
+ADDR_ENV = "TPO_METRICS_ADDR"
 MAX_CATEGORIES = 20
 CATEGORY_MAX_CHARS = 48
 OUTCOMES = ("retry", "failed", "succeeded", "preempted")
@@ -296,8 +298,13 @@ def reconcile_timer() -> Iterator[None]:
         RECONCILE_DURATION.observe(time.perf_counter() - start)
 
 
-def start_server(port: int, addr: str = "0.0.0.0") -> int:
-    """Serve /metrics from REGISTRY in a daemon thread; port 0 picks a free port."""
+def start_server(port: int, addr: str | None = None) -> int:
+    """Serve /metrics from REGISTRY in a daemon thread; port 0 picks a free port.
+
+    The address defaults to $TPO_METRICS_ADDR, else all interfaces (Prometheus scrapes the pod
+    IP); tests set 127.0.0.1 so nothing listens beyond loopback.
+    """
+    addr = addr or os.environ.get(ADDR_ENV) or "0.0.0.0"
     server, _ = start_http_server(port, addr=addr, registry=REGISTRY)
     bound = int(server.server_port)
     _PORTS.append(bound)
