@@ -138,3 +138,76 @@ def test_bad_records_are_refused():
         MinMaxTournament(3, valid=[True])
     with pytest.raises(ValueError, match="outcomes"):
         run_tournaments([MinMaxTournament(2)], lambda jobs: [])
+
+
+# --------------------------------------------------------------------------- replay benchmark
+
+
+def load_benchmark(name: str):
+    """benchmarks/ is scripts, not a package: load one by path."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while being built
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_replay_reads_the_pairwise_judges_battle_log():
+    """Battles logged by the real pairwise judge code (PairwiseCore; its model replaced by a
+    noiseless reader of a latent quality written in each response) replay to ELO's own picks."""
+    import re
+
+    from tpo.judges import JudgeItem, PairwiseCore
+
+    bench = load_benchmark("pairing_replay")
+    rng = random.Random(3)
+    groups = []
+    for p in range(6):
+        qs = rng.sample(range(100), 8)
+        groups.append(
+            [
+                JudgeItem(f"prompt {p}", None if (p == 5 and s == 2) else f"quality {q}")
+                for s, q in enumerate(qs)
+            ]
+        )
+
+    def complete(prompts):
+        out = []
+        for text in prompts:
+            a, b = (int(x) for x in re.findall(r"quality (\d+)", text))
+            out.append("[[A]]" if a > b else "[[B]]")
+        return out
+
+    core = PairwiseCore(complete, template=None)
+    core.score_groups(groups)
+    mats = bench.read_battles(core.battles, k=8)
+    assert len(mats) == 6 and mats[5].valid.count(False) == 1
+    outs = bench.replay(mats, max_repeats=0)
+    s = bench.summarize(mats, outs)
+    assert (s.best, s.bottom2) == (100.0, 100.0)
+    assert [o.calls for o in outs] == [20] * 5 + [12]  # the failure skips the min bracket
+    assert outs[5].rejected == 2
+    with pytest.raises(ValueError, match="row 1: missing"):
+        bench.read_battles([{"prompt": 0, "a": 1}])
+
+
+def test_replay_on_simulated_judges_meets_the_goal_only_for_an_accurate_judge():
+    """Pinned seeds; the thresholds are the benchmark's findings with a margin, so a broken
+    tournament (e.g. a wrong bracket) fails them."""
+    bench = load_benchmark("pairing_replay")
+    mats, qs = bench.simulate(300, 8, 0.9, model="gap", seed=1)
+    s = bench.summarize(mats, bench.replay(mats, max_repeats=0), qs)
+    assert s.calls_mean == 20 and s.calls_max == 20
+    assert s.best >= 88 and s.bottom2 >= 92
+    mats, qs = bench.simulate(300, 8, 0.8, model="flat", seed=1)
+    s0 = bench.summarize(mats, bench.replay(mats, max_repeats=0), qs)
+    s1 = bench.summarize(mats, bench.replay(mats, max_repeats=1), qs)
+    assert s1.calls_mean < 28  # ~half of round-robin's 56
+    # A sampling judge's repeats recover the latent best about as often as all 56 calls do.
+    assert s1.true_best > s0.true_best + 8
+    assert s1.true_best >= s1.rr_true_best - 6
