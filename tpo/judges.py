@@ -333,22 +333,28 @@ def elo_scores(items: Sequence[JudgeItem], battles: Sequence[dict]) -> list[floa
 class VllmPairwiseJudge:
     """The pairwise judge on a local vLLM engine (greedy verdicts)."""
 
-    def __init__(self, cfg: S.PairwiseJudge, generator: Any | None = None):
+    def __init__(
+        self, cfg: S.PairwiseJudge, generator: Any | None = None, engine: S.Generation | None = None
+    ):
         if cfg.pairing != "round-robin":
             raise BadInput(
                 f"spec.judge.pairwise.pairing: {cfg.pairing!r} is not implemented; "
                 "use 'round-robin' (all pairs, as in the paper)"
             )
         self.cfg = cfg
-        self.generator = generator or self._load(cfg)
+        self.generator = generator or self._load(cfg, engine)
         self.core = PairwiseCore(self._complete, template=cfg.template, both_orders=cfg.both_orders)
 
     @staticmethod
-    def _load(cfg: S.PairwiseJudge) -> Any:
+    def _load(cfg: S.PairwiseJudge, engine: S.Generation | None) -> Any:
+        """Pod-level engine settings (tensor parallel, eager, memory share) from `engine`;
+        the context length is the judge model's own."""
         from tpo.generate import load_generator
 
         loc = model_location(cfg, "spec.judge.pairwise")
-        return load_generator(loc, S.Generation(backend="vllm"))
+        e = engine or S.Generation()
+        settings = e.model_copy(update={"backend": "vllm", "max_model_len": None, "seed": 0})
+        return load_generator(loc, settings)
 
     @property
     def battles(self) -> list[dict]:
@@ -391,7 +397,8 @@ class ChatEndpoint:
     Transient failures (connection errors, timeouts, 429, 5xx) are retried with exponential
     backoff; if they persist the endpoint is down and JudgeUnavailable is raised (exit 1: the
     Job retries, since an outage passes, whereas failing the run for good would lose it).
-    401/403/404 and other 4xx cannot be fixed by retrying: BadInput. The API key is sent in a
+    400/413/422 concern one request (e.g. too long): that sample is unscored (None). 401, 403,
+    404 and other 4xx are configuration errors no retry can fix: BadInput. The API key is sent in a
     header only and never appears in a message or log.
     """
 
@@ -433,6 +440,9 @@ class ChatEndpoint:
                 if e.code == 429 or e.code >= 500:
                     last = f"HTTP {e.code}"
                     continue
+                if e.code in (400, 413, 422):  # this request (too long, refused): a judge error
+                    log.warning("judge endpoint %s: HTTP %s on one request", self.url, e.code)
+                    return None
                 raise BadInput(
                     f"judge endpoint {self.url}: HTTP {e.code} {e.reason} "
                     "(check spec.judge.endpoint.url, .model and the API key secret)"
@@ -544,13 +554,16 @@ def model_location(ref: S.ModelRef, what: str) -> str:
     return ref.location
 
 
-def load_judge(judge: S.Judge, *, env: Mapping[str, str] = os.environ) -> Judge:
+def load_judge(
+    judge: S.Judge, *, env: Mapping[str, str] = os.environ, engine: S.Generation | None = None
+) -> Judge:
+    """`engine`: the run's generation settings, for a local vLLM judge's pod-level options."""
     if judge.type == "rewardModel":
         assert judge.reward_model is not None
         return RewardModelJudge(judge.reward_model)
     if judge.type == "pairwise":
         assert judge.pairwise is not None
-        return VllmPairwiseJudge(judge.pairwise)
+        return VllmPairwiseJudge(judge.pairwise, engine=engine)
     if judge.type == "endpoint":
         cfg = judge.endpoint
         assert cfg is not None
