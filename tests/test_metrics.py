@@ -332,3 +332,49 @@ def test_pod_metrics_server_and_training_callback(monkeypatch):
     assert f"tpo_train_reward_margin{{{ident}}} 0.35" in body
     assert f"tpo_train_reward_accuracy{{{ident}}} 0.75" in body
     assert f"tpo_train_step{{{ident}}} 7.0" in body
+
+
+@pytest.mark.slow
+def test_training_callback_reads_real_trl_dpo_logs(tiny_lm, tmp_path):
+    """The log keys the callback reads are the ones TRL's DPOTrainer really emits (2 CPU steps)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    podmetrics.configure(namespace=NS, run="dporun", phase="train", iteration=1, shard=0)
+    pairs = [
+        {"prompt": f"What is {i} + 1?", "chosen": f" {i + 1}.", "rejected": f" {i}."}
+        for i in range(8)
+    ]
+    config = DPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        max_length=32,
+    )
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_lm),
+        args=config,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=AutoTokenizer.from_pretrained(tiny_lm),
+        callbacks=[podmetrics.TrainingMetricsCallback()],
+    )
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "rewards/margins" in h]
+    assert len(logged) == 2
+    ident = {"namespace": NS, "run": "dporun", "phase": "train", "iteration": "1", "shard": "0"}
+    reg = podmetrics.REGISTRY
+    assert value("tpo_train_step", reg, **ident) == 2
+    assert value("tpo_train_reward_margin", reg, **ident) == pytest.approx(
+        logged[-1]["rewards/margins"]
+    )
+    assert value("tpo_train_reward_accuracy", reg, **ident) == pytest.approx(
+        logged[-1]["rewards/accuracies"]
+    )
+    final = trainer.state.log_history[-1]["train_loss"]  # the last record: the run's mean loss
+    assert value("tpo_train_loss", reg, **ident) == pytest.approx(final)
