@@ -289,3 +289,37 @@ def test_choose_rho_lands_in_band_whenever_reachable(seed, bias, n):
     reachable = any(band[0] <= x <= band[1] for x in grid)
     assume(reachable)
     assert band[0] <= g <= band[1]
+
+
+def test_non_finite_scores_are_judge_errors():
+    assert length_control([1.0, math.nan, 3.0], [1, 2, 3], 0.0) == [-1.0, None, 1.0]
+    assert select_pair([math.inf, 0.2, 0.1], [True] * 3) == Pair(1, 2)
+    assert select_pair([math.nan, 0.2], [True, True]) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.integers(1, 6).flatmap(
+            lambda k: st.tuples(
+                st.lists(st.one_of(st.none(), st.floats(-5, 5)), min_size=k, max_size=k),
+                st.lists(st.integers(0, 300), min_size=k, max_size=k),
+                st.lists(st.booleans(), min_size=k, max_size=k),
+            )
+        ),
+        max_size=6,
+    ),
+    st.floats(0, 1),
+)
+def test_pair_length_gap_equals_length_control_then_select_pair(groups, rho):
+    chosen, rejected = [], []
+    for scores, lens, ok in groups:
+        pair = select_pair(length_control(scores, lens, rho), ok)
+        if pair:
+            chosen.append(lens[pair.chosen])
+            rejected.append(lens[pair.rejected])
+    got = pair_length_gap(groups, rho)
+    if not chosen:
+        assert all(math.isnan(x) for x in got)
+    else:
+        assert got == (pytest.approx(np.mean(chosen)), pytest.approx(np.mean(rejected)))

@@ -101,6 +101,11 @@ def bradley_terry(n: int, battles: Sequence[Battle], *, prior: float = 1.0) -> l
 # --------------------------------------------------------------------------- length control
 
 
+def _usable(s: float | None) -> bool:
+    """A score the maths can use: NaN or infinity from a judge is treated like a judge error."""
+    return s is not None and math.isfinite(s)
+
+
 def _standardize(xs: Sequence[float], idx: Sequence[int]) -> dict[int, float]:
     """N(x) = (x - mean) / std (population std) over the entries in idx; std 0 -> N = 0."""
     if not idx:
@@ -113,6 +118,26 @@ def _standardize(xs: Sequence[float], idx: Sequence[int]) -> dict[int, float]:
     return {i: float(x) for i, x in zip(idx, z, strict=True)}
 
 
+@dataclass(frozen=True)
+class _Standardized:
+    """N(score) and N(length) of one prompt's samples: independent of rho, so computed once."""
+
+    n: int
+    ns: dict[int, float]
+    nl: dict[int, float]
+
+    def adjusted(self, rho: float) -> list[float | None]:
+        return [self.ns[i] - rho * self.nl[i] if i in self.ns else None for i in range(self.n)]
+
+
+def _standardized(scores: Sequence[float | None], lengths: Sequence[int]) -> _Standardized:
+    if len(scores) != len(lengths):
+        raise ValueError(f"{len(scores)} scores but {len(lengths)} lengths")
+    idx = [i for i, s in enumerate(scores) if _usable(s)]
+    ns = _standardize([float(s) if _usable(s) else 0.0 for s in scores], idx)
+    return _Standardized(len(scores), ns, _standardize(lengths, idx))
+
+
 def length_control(
     scores: Sequence[float | None], lengths: Sequence[int], rho: float
 ) -> list[float | None]:
@@ -120,16 +145,11 @@ def length_control(
 
     Both are standardised over the samples that have a score, so rho trades one standard
     deviation of judge score for one standard deviation of length whatever the judge's scale.
-    Unscored samples (parse failures, judge errors) stay None.
+    Unscored samples (parse failures, judge errors, non-finite scores) stay None.
     """
-    if len(scores) != len(lengths):
-        raise ValueError(f"{len(scores)} scores but {len(lengths)} lengths")
     if not rho >= 0.0 or not math.isfinite(rho):
         raise ValueError(f"rho must be a finite number >= 0, got {rho}")
-    idx = [i for i, s in enumerate(scores) if s is not None]
-    ns = _standardize([0.0 if s is None else s for s in scores], idx)
-    nl = _standardize(lengths, idx)
-    return [ns[i] - rho * nl[i] if i in ns else None for i in range(len(scores))]
+    return _standardized(scores, lengths).adjusted(rho)
 
 
 # --------------------------------------------------------------------------- pair selection
@@ -153,7 +173,7 @@ def select_pair(scores: Sequence[float | None], parse_ok: Sequence[bool]) -> Pai
     """
     if len(scores) != len(parse_ok):
         raise ValueError(f"{len(scores)} scores but {len(parse_ok)} parse flags")
-    valid = [i for i, s in enumerate(scores) if parse_ok[i] and s is not None]
+    valid = [i for i, s in enumerate(scores) if parse_ok[i] and _usable(s)]
     if not valid:
         return None
     chosen = max(valid, key=lambda i: (scores[i], -i))
@@ -174,9 +194,22 @@ def pair_length_gap(groups: Sequence[Group], rho: float) -> tuple[float, float]:
 
     (nan, nan) when no group yields a pair.
     """
+    if not rho >= 0.0 or not math.isfinite(rho):
+        raise ValueError(f"rho must be a finite number >= 0, got {rho}")
+    return _gap_of(_prepare(groups), rho)
+
+
+_Prepared = list[tuple[_Standardized, Sequence[int], Sequence[bool]]]
+
+
+def _prepare(groups: Sequence[Group]) -> _Prepared:
+    return [(_standardized(s, ln), ln, ok) for s, ln, ok in groups]
+
+
+def _gap_of(prepared: _Prepared, rho: float) -> tuple[float, float]:
     chosen, rejected = [], []
-    for scores, lengths, ok in groups:
-        pair = select_pair(length_control(scores, lengths, rho), ok)
+    for std, lengths, ok in prepared:
+        pair = select_pair(std.adjusted(rho), ok)
         if pair is not None:
             chosen.append(lengths[pair.chosen])
             rejected.append(lengths[pair.rejected])
@@ -185,8 +218,8 @@ def pair_length_gap(groups: Sequence[Group], rho: float) -> tuple[float, float]:
     return float(np.mean(chosen)), float(np.mean(rejected))
 
 
-def _relative_gap(groups: Sequence[Group], rho: float) -> float:
-    c, r = pair_length_gap(groups, rho)
+def _relative_gap(prepared: _Prepared, rho: float) -> float:
+    c, r = _gap_of(prepared, rho)
     if math.isnan(c):
         return math.nan
     if r == 0:
@@ -223,13 +256,14 @@ def choose_rho(
         raise ValueError(f"band {band} is empty")
     if not 0.0 <= rho_max <= 1.0e6:
         raise ValueError(f"rho_max must be >= 0, got {rho_max}")
-    seen: dict[float, float] = {0.0: _relative_gap(groups, 0.0)}
+    prepared = _prepare(groups)
+    seen: dict[float, float] = {0.0: _relative_gap(prepared, 0.0)}
     if math.isnan(seen[0.0]) or seen[0.0] <= hi_b:
         return 0.0
     points = [rho_max * k / grid for k in range(1, grid + 1)]
     below, above = 0.0, None
     for rho in points:
-        seen[rho] = _relative_gap(groups, rho)
+        seen[rho] = _relative_gap(prepared, rho)
         if seen[rho] <= hi_b:
             above = rho
             break
@@ -237,7 +271,7 @@ def choose_rho(
     if above is not None:
         for _ in range(iterations):
             mid = 0.5 * (below + above)
-            seen[mid] = _relative_gap(groups, mid)
+            seen[mid] = _relative_gap(prepared, mid)
             if seen[mid] <= hi_b:
                 above = mid
             else:
