@@ -17,13 +17,20 @@ from tpo.evaluate import (
     win_rate,
 )
 
-outcomes_st = st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=1, max_size=400)
+outcomes_st = st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), min_size=1, max_size=400)
 
 
 def test_win_rate_counts_and_tie_half():
     wr = win_rate([1.0, 1.0, 0.5, 0.0])
     assert (wr.wins, wr.ties, wr.losses, wr.n) == (2, 1, 1, 4)
     assert wr.rate == pytest.approx(0.625)
+
+
+def test_win_rate_averaged_orders():
+    # A judge that rates both orders averages them: win + tie = 0.75, tie + loss = 0.25.
+    wr = win_rate([0.75, 0.25, 0.5, 1.0])
+    assert wr.rate == pytest.approx(0.625)
+    assert (wr.wins, wr.ties, wr.losses) == (2, 1, 1)
 
 
 def test_win_rate_wilson_known_value():
@@ -49,8 +56,12 @@ def test_win_rate_wider_at_higher_confidence():
 def test_win_rate_bad_input():
     with pytest.raises(ValueError, match="n=0"):
         win_rate([])
-    with pytest.raises(ValueError, match="outcome 1"):
-        win_rate([1.0, 0.7])
+    with pytest.raises(ValueError, match=r"outcome 1 is 1\.5; expected a number in \[0, 1\]"):
+        win_rate([1.0, 1.5])
+    with pytest.raises(ValueError, match="outcome 0 is None"):
+        win_rate([None])
+    with pytest.raises(ValueError, match="outcome 0 is nan"):
+        win_rate([float("nan")])
     with pytest.raises(ValueError, match="confidence"):
         win_rate([1.0], confidence=1.0)
 
@@ -60,7 +71,9 @@ def test_win_rate_interval_contains_rate(o):
     wr = win_rate(o)
     assert 0.0 <= wr.low <= wr.rate <= wr.high <= 1.0
     assert wr.wins + wr.ties + wr.losses == wr.n == len(o)
-    assert wr.rate == pytest.approx((wr.wins + wr.ties / 2) / wr.n)
+    assert wr.rate == pytest.approx(sum(o) / len(o))
+    if set(o) <= {0.0, 0.5, 1.0}:
+        assert wr.rate == pytest.approx((wr.wins + wr.ties / 2) / wr.n)
 
 
 def test_win_rate_interval_covers_at_nominal_rate():

@@ -33,30 +33,29 @@ def _wilson(p: float, n: int, z: float) -> tuple[float, float]:
 def win_rate(outcomes: Sequence[float], confidence: float = 0.95) -> WinRate:
     """Tie-adjusted win rate (a tie counts half) with a Wilson score interval.
 
+    Outcomes are 1 (win), 0.5 (tie), 0 (loss), or any credit in between: a judge that rates
+    both orders averages them (e.g. 0.75 for a win and a tie). The rate is their mean; wins,
+    ties and losses count outcomes above, at and below 0.5.
+
     Wilson rather than the normal interval because eval sets are small (hundreds) and rates
     can sit near 0 or 1, where the normal interval leaves [0, 1] and undercovers. Treating the
-    tie-adjusted mean as a binomial proportion is conservative: an outcome in {0, 0.5, 1}
-    with mean p has variance at most p(1 - p), with equality when there are no ties.
+    mean as a binomial proportion is conservative: an outcome in [0, 1] with mean p has
+    variance at most p(1 - p), with equality when every outcome is 0 or 1.
     """
     if not outcomes:
         raise ValueError("win_rate: no outcomes (n=0); at least one judged prompt is needed")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"win_rate: confidence must be in (0, 1), got {confidence}")
-    wins = ties = losses = 0
     for i, o in enumerate(outcomes):
-        if o == 1.0:
-            wins += 1
-        elif o == 0.5:
-            ties += 1
-        elif o == 0.0:
-            losses += 1
-        else:
-            raise ValueError(f"win_rate: outcome {i} is {o!r}; expected 1, 0.5 or 0")
+        if o is None or not 0.0 <= o <= 1.0:
+            raise ValueError(f"win_rate: outcome {i} is {o!r}; expected a number in [0, 1]")
     n = len(outcomes)
-    rate = (wins + 0.5 * ties) / n
+    wins = sum(1 for o in outcomes if o > 0.5)
+    ties = sum(1 for o in outcomes if o == 0.5)
+    rate = sum(float(o) for o in outcomes) / n
     z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
     low, high = _wilson(rate, n, z)
-    return WinRate(rate, low, high, wins, ties, losses, n)
+    return WinRate(rate, low, high, wins, ties, n - wins - ties, n)
 
 
 def mean_or_none(xs: Iterable[float | None]) -> float | None:
