@@ -109,6 +109,16 @@ class Prometheus:
         result = body["data"]["result"]
         return result if body["data"]["resultType"] == "vector" else [{"value": result}]
 
+    def query_range(self, expr: str, seconds: int = 60) -> list[dict[str, Any]]:
+        """What a Grafana time-series panel asks for: the last `seconds`, one point a second."""
+        end = time.time()
+        params = {"query": expr, "start": end - seconds, "end": end, "step": 1}
+        url = self.url + "/api/v1/query_range?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.load(r)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -226,6 +236,8 @@ def test_every_dashboard_query_returns_data(stack, finished_run):
             empty.append(f"{where}: {expr}")
         elif not any(math.isfinite(float(r["value"][1])) for r in result):
             nan_only.append(f"{where}: {expr}")
+        if not prom.query_range(substitute(expr, values)):
+            empty.append(f"{where} (range): {expr}")
     assert not empty, "queries without data:\n" + "\n".join(empty)
     assert not nan_only, "queries with only NaN:\n" + "\n".join(nan_only)
 
