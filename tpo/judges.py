@@ -198,12 +198,11 @@ class RewardModelJudge(PointwiseJudge):
 
         loc = model_location(cfg, "spec.judge.rewardModel")
         self.cfg = cfg
-        self.tokenizer = AutoTokenizer.from_pretrained(loc, revision=cfg.revision)
+        remote = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+        self.tokenizer = AutoTokenizer.from_pretrained(loc, **remote)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            loc, revision=cfg.revision, dtype="auto"
-        )
+        self.model = AutoModelForSequenceClassification.from_pretrained(loc, dtype="auto", **remote)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()

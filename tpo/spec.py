@@ -216,6 +216,10 @@ class LengthControl(Model):
 class RewardModelJudge(ModelRef):
     batch_size: int = Field(16, ge=1, description="Responses per forward pass.")
     max_length: int = Field(4096, ge=16, description="Truncation length in tokens.")
+    trust_remote_code: bool = Field(
+        False,
+        description="Run the model repository's own code (ArmoRM needs it); trusted models only.",
+    )
 
 
 class PairwiseJudge(ModelRef):
