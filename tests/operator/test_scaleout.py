@@ -170,6 +170,31 @@ def test_render_of_a_scaled_run_shows_indexed_jobs_and_the_headless_service(tmp_
     assert docs[("Job", "demo-train-1")]["spec"]["template"]["spec"]["subdomain"] == "demo-train-1"
 
 
+def test_render_of_the_example_shows_its_scale_out(tmp_path):
+    """examples/tporun.yaml (paper scale): 8 generate and 8 judge shards, 2 training nodes."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tpo.cli", "render", "examples/tporun.yaml", "--iteration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.stdout)}
+    for d in docs.values():
+        validate(d)
+    run = "llama3-8b-tpo"
+    for phase in ("generate", "judge"):
+        job = docs[("Job", f"{run}-{phase}-1")]["spec"]
+        assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"] > 1
+    svc = docs[("Service", f"{run}-train-1")]
+    train = docs[("Job", f"{run}-train-1")]
+    assert svc["spec"]["clusterIP"] == "None"
+    assert train["spec"]["completionMode"] == "Indexed" and train["spec"]["completions"] == 2
+    assert train["spec"]["template"]["spec"]["subdomain"] == svc["metadata"]["name"]
+    assert "--nnodes 2" in train["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+
+
 # --------------------------------------------------------------------------- operator
 
 
