@@ -144,6 +144,19 @@ def test_pairwise_elo_orders_by_rigged_preference_in_both_orders():
     ]
 
 
+def test_tournament_pairing_finds_best_and_worst_with_fewer_calls():
+    complete, calls = rigged()
+    core = J.PairwiseCore(complete, template=None, pairing="tournament")
+    resp = [*RESPONSES, "x" * 50, "y", "mid mid mid"]
+    scores = core.score_groups([[item(r) for r in resp], [item("aa"), item(None), item("a")]])
+    g = scores[0]
+    lens = [len(r) for r in resp]
+    assert g.index(max(g)) == lens.index(max(lens)) and g.index(min(g)) == lens.index(min(lens))
+    assert scores[1][1] is None and scores[1][0] > scores[1][2]
+    assert len(calls) < 7 * 6 and len(core.battles) == len(calls)
+    assert all(THOUGHT not in c for c in calls)
+
+
 def test_pairwise_position_bias_cancels_and_garbage_counts():
     core = J.PairwiseCore(lambda ps: ["[[A]]"] * len(ps), template=None)
     (g,) = core.score_groups([[item(r) for r in RESPONSES]])

@@ -248,10 +248,18 @@ class PairwiseCore:
     differs between a local vLLM judge and a hosted endpoint.
     """
 
-    def __init__(self, complete: Complete, *, template: str | None, both_orders: bool = True):
+    def __init__(
+        self,
+        complete: Complete,
+        *,
+        template: str | None,
+        both_orders: bool = True,
+        pairing: str = "round-robin",
+    ):
         self.complete = complete
         self.template = template or DEFAULT_PAIRWISE_TEMPLATE
         self.both_orders = both_orders
+        self.pairing = pairing
         self.battles: list[dict] = []
         self.unparsed = 0  # replies without a verdict, over this judge's life
         self.errors = 0  # calls that returned nothing
@@ -274,6 +282,8 @@ class PairwiseCore:
         return [(i, j), (j, i)] if self.both_orders else [(i, j)]
 
     def score_groups(self, groups: Sequence[Sequence[JudgeItem]]) -> list[list[float | None]]:
+        if self.pairing == "tournament":
+            return self._tournament(groups)
         jobs: list[tuple[int, int, int]] = []  # (group, shown as A, shown as B)
         for g, items in enumerate(groups):
             ok = [k for k, it in enumerate(items) if it.response is not None]
@@ -288,6 +298,28 @@ class PairwiseCore:
         for b in self.battles:
             by_group.setdefault(b["prompt"], []).append(b)
         return [elo_scores(items, by_group.get(g, [])) for g, items in enumerate(groups)]
+
+    def _tournament(self, groups: Sequence[Sequence[JudgeItem]]) -> list[list[float | None]]:
+        """Min/max brackets (tpo.tournament): ~3K/2 matches instead of K(K-1)/2, one batch per
+        round across all prompts. The judge is greedy, so a level match is not replayed."""
+        from tpo.tournament import MinMaxTournament, run_tournaments
+
+        tours = [
+            MinMaxTournament(
+                len(g),
+                both_orders=self.both_orders,
+                max_repeats=0,
+                valid=[it.response is not None for it in g],
+            )
+            for g in groups
+        ]
+
+        def judge_batch(jobs: list[tuple[int, int, int]]) -> list[float | None]:
+            return self._verdicts([(groups[t][a], groups[t][b]) for t, a, b in jobs])
+
+        run_tournaments(tours, judge_batch)
+        self.battles = [{"prompt": t, **b} for t, tour in enumerate(tours) for b in tour.battles]
+        return [tour.scores() for tour in tours]
 
     def compare(self, pairs: Sequence[tuple[JudgeItem, JudgeItem]]) -> list[float | None]:
         jobs = [(a, b) for a, b in pairs]
@@ -335,14 +367,14 @@ class VllmPairwiseJudge:
     def __init__(
         self, cfg: S.PairwiseJudge, generator: Any | None = None, engine: S.Generation | None = None
     ):
-        if cfg.pairing != "round-robin":
-            raise BadInput(
-                f"spec.judge.pairwise.pairing: {cfg.pairing!r} is not implemented; "
-                "use 'round-robin' (all pairs, as in the paper)"
-            )
         self.cfg = cfg
         self.generator = generator or self._load(cfg, engine)
-        self.core = PairwiseCore(self._complete, template=cfg.template, both_orders=cfg.both_orders)
+        self.core = PairwiseCore(
+            self._complete,
+            template=cfg.template,
+            both_orders=cfg.both_orders,
+            pairing=cfg.pairing,
+        )
 
     @staticmethod
     def _load(cfg: S.PairwiseJudge, engine: S.Generation | None) -> Any:
