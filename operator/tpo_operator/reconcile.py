@@ -357,7 +357,8 @@ def _restart_group(
     """All-or-nothing multi-node train: a failed group becomes a new attempt, if any is left.
 
     Budget: `pools.train.backoffLimit` group restarts caused by failures; restarts caused by a
-    preemption (DisruptionTarget) are not counted, as for single-pod Jobs.
+    preemption (DisruptionTarget) are not counted, as for single-pod Jobs. Metrics already
+    counted the failed or preempted pod (`_count_retries`); the restart is an event.
     """
     from tpo_operator.jobs import multinode
 
@@ -383,8 +384,6 @@ def _restart_group(
             f"{job_name(run, step, nxt)} ({failures} of {spec.pools.train.backoff_limit} "
             "restarts after failures used)",
         )
-        outcome = "preempted" if job.preempted else "retry"
-        ctx.actions.append(JobOutcome(step[0], outcome, "GroupRestart"))
     _create(ctx, spec, jobs, run, step, nxt)
     return True
 

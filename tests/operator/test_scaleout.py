@@ -17,9 +17,10 @@ import pytest
 import yaml
 from harness import Cluster, JobController, manifest, summary
 from tpo_operator import jobs as J
+from tpo_operator.reconcile import CreateJob, ObservedJob, plan
 
 from tpo.errors import EXIT_BAD_INPUT
-from tpo.spec import PLURAL, parse_manifest
+from tpo.spec import PLURAL, TPORunStatus, parse_manifest
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -193,6 +194,51 @@ def test_render_of_the_example_shows_its_scale_out(tmp_path):
     assert train["spec"]["completionMode"] == "Indexed" and train["spec"]["completions"] == 2
     assert train["spec"]["template"]["spec"]["subdomain"] == svc["metadata"]["name"]
     assert "--nnodes 2" in train["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+
+
+# --------------------------------------------------------------------------- planner
+
+
+def _at_train(spec) -> TPORunStatus:
+    return TPORunStatus(step="train", iteration=1, phase="Training", spec_snapshot=spec.dump())
+
+
+def _attempt(attempt: int, *, failed: bool = True, preempted: int = 0, bad: bool = False):
+    return ObservedJob(
+        name=J.job_name("demo", "train", 1, attempt),
+        phase="train",
+        iteration=1,
+        failed=1,
+        failed_reason="PodFailurePolicy" if failed else None,
+        preempted=preempted,
+        attempt=attempt,
+        bad_input=bad,
+    )
+
+
+def test_planner_counts_group_restarts_from_the_jobs_that_exist():
+    """Level-triggered: the same Jobs give the same plan, however often (or after a restart)."""
+    _, spec = parse_manifest(scaled())  # pools.train.backoffLimit = 1
+    status = _at_train(spec)
+
+    def creates(jobs):
+        result = plan(spec, status, jobs, "2026-01-01T00:00:00Z", "demo")
+        return [(a.name, a.attempt) for a in result.actions if isinstance(a, CreateJob)], result
+
+    first, _ = creates([_attempt(0)])
+    assert first == [("demo-train-1-r1", 1)]
+    assert creates([_attempt(0)])[0] == first  # planning twice changes nothing
+    # r1 lost a preempted pod: a free restart; r2 failing then exceeds the budget of 1
+    preempted = [_attempt(0), _attempt(1, preempted=1)]
+    assert creates(preempted)[0] == [("demo-train-1-r2", 2)]
+    made, result = creates([*preempted, _attempt(2)])
+    assert made == [] and result.status.phase == "Failed"
+    assert "after 2 group restart(s)" in result.status.message
+    # bad input is never restarted; a live attempt is left alone
+    made, result = creates([_attempt(0, bad=True)])
+    assert made == [] and result.status.phase == "Failed"
+    made, result = creates([_attempt(0), _attempt(1, failed=False)])
+    assert made == [] and result.status.phase == "Training"
 
 
 # --------------------------------------------------------------------------- operator
