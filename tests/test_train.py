@@ -279,9 +279,13 @@ def staged_run(tiny_lm: Path, tmp_path: Path, **training) -> RunDir:
     return run
 
 
-def test_zero3_two_processes_under_torchrun(tiny_lm, tmp_path):
-    """The exact entrypoint the multi-node train Job runs, on 2 CPU processes with gloo."""
-    run = staged_run(tiny_lm, tmp_path, epochs=1, deepspeed={"zeroStage": 3})
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_zero3_two_processes_under_torchrun(tiny_lm, tmp_path, lora):
+    """The exact entrypoint the multi-node train Job runs, on 2 CPU processes with gloo.
+
+    LoRA under ZeRO-3 once hung at the merge (rank 0 reloaded the base partitioned)."""
+    extra = {"lora": {"enabled": True, "r": 4}, "learningRate": 1e-2} if lora else {}
+    run = staged_run(tiny_lm, tmp_path, epochs=1, deepspeed={"zeroStage": 3}, **extra)
     cmd = [
         sys.executable,
         "-m",
@@ -305,13 +309,13 @@ def test_zero3_two_processes_under_torchrun(tiny_lm, tmp_path):
         "--iteration",
         "1",
     ]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=os.environ.copy())
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert p.returncode == EXIT_OK, p.stderr[-4000:]
     done = A.read_done(run.done("train", 1))
     assert done is not None and done["pairs"] == 8
     assert done["steps"] == 4  # 8 pairs over 2 ranks, batch 1 each: 4 steps
     changed, total = changed_tensors(tiny_lm, run.model(1))
-    assert changed == total
+    assert 0 < changed < total if lora else changed == total
     assert any(line.startswith("TPO_METRIC ") for line in p.stdout.splitlines())
 
 

@@ -344,6 +344,12 @@ def train_dpo(
     staging = work_dir / "final"
     trainer.save_model(str(staging))  # collective under ZeRO-3: every rank calls it
     _barrier()
+    if ds is not None:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        # else rank 0's plain reload of the base (LoRA merge) is partitioned: a collective
+        # that the other ranks never join, and it hangs
+        unset_hf_deepspeed_config()
     if rank() == 0:
         publish(staging, out_dir, base, tr.lora.enabled, tokenizer)
         clean_work_dir(work_dir)
