@@ -275,15 +275,16 @@ def _lora_config(training: Training):
     )
 
 
-def publish(staging: Path, out_dir: Path, base_model: Path | str, lora: bool, tokenizer) -> None:
+def publish(
+    staging: Path, out_dir: Path, base_model: Path | str, lora: bool, tokenizer, dtype: str
+) -> None:
     """Rank 0: M(t) appears at out_dir complete or not at all (atomic rename)."""
     with A.atomic_dir(out_dir) as tmp:
         if lora:
-            import torch
             from peft import PeftModel
             from transformers import AutoModelForCausalLM
 
-            base = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch.float32)
+            base = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=dtype)
             merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
             merged.save_pretrained(str(tmp), safe_serialization=True)
         else:
@@ -342,6 +343,9 @@ def train_dpo(
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     staging = work_dir / "final"
+    if rank() == 0:  # a crashed earlier attempt may have left part of a save here
+        shutil.rmtree(staging, ignore_errors=True)
+    _barrier()
     trainer.save_model(str(staging))  # collective under ZeRO-3: every rank calls it
     _barrier()
     if ds is not None:
@@ -351,7 +355,7 @@ def train_dpo(
         # that the other ranks never join, and it hangs
         unset_hf_deepspeed_config()
     if rank() == 0:
-        publish(staging, out_dir, base, tr.lora.enabled, tokenizer)
+        publish(staging, out_dir, base, tr.lora.enabled, tokenizer, spec.model.dtype)
         clean_work_dir(work_dir)
     _barrier()
     return summarize(
