@@ -26,7 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
     from tpo_operator import handlers
+    from tpo_operator.defaults import DefaultsError, from_env
 
+    try:
+        handlers.DEFAULTS = from_env()
+    except DefaultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     handlers.METRICS_PORT = args.metrics_port if args.metrics_port >= 0 else None
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port >= 0 else None
     kopf.run(

@@ -20,6 +20,7 @@ import kopf
 from tpo.spec import API_GROUP, API_VERSION, PLURAL, SpecError, TPORunStatus, parse_spec
 from tpo_operator import jobs as J
 from tpo_operator import metrics
+from tpo_operator.defaults import OperatorDefaults, with_defaults
 from tpo_operator.reconcile import (
     USER_SUSPENDED,
     CreateJob,
@@ -35,6 +36,7 @@ from tpo_operator.reconcile import (
 )
 
 METRICS_PORT: int | None = None  # set by __main__; None: no metrics server
+DEFAULTS = OperatorDefaults()  # set by __main__ from the chart's env
 TIMER_INTERVAL = 60.0
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -153,7 +155,7 @@ def reconcile_run(namespace: str, name: str) -> None:
 
 def _reconcile(api: Kube, body: dict[str, Any], namespace: str, name: str) -> None:
     try:
-        spec: Any = parse_spec(body.get("spec"))
+        spec: Any = parse_spec(with_defaults(body.get("spec"), DEFAULTS))
     except SpecError as e:
         spec = e
     raw_status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}

@@ -30,6 +30,7 @@ RDZV_PORT = 29500
 RDZV_HOST_ENV = "TPO_RDZV_HOST"
 RDZV_PORT_ENV = "TPO_RDZV_PORT"
 VLLM_PHASES = ("generate", "evaluate")  # phases that load the policy into vLLM
+POD_METRICS_PORT = 9400  # tpo.podmetrics serves live gauges here while a phase runs
 
 
 def job_name(run: str, phase: str, iteration: int, attempt: int = 0) -> str:
@@ -131,9 +132,16 @@ def _secret_env(name: str, ref: Any) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
-def _env(spec: TPORunSpec, phase: str, shards: int) -> list[dict[str, Any]]:
+def _env(
+    spec: TPORunSpec, namespace: str, run: str, phase: str, iteration: int, shards: int
+) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "TPO_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "TPO_NAMESPACE", "value": namespace},
+        {"name": "TPO_RUN", "value": run},
+        {"name": "TPO_PHASE", "value": phase},
+        {"name": "TPO_ITERATION", "value": str(iteration)},
+        {"name": "TPO_METRICS_PORT", "value": str(POD_METRICS_PORT)},
         {"name": "HOME", "value": "/tmp"},
         {"name": "XDG_CACHE_HOME", "value": CACHE},
         {"name": "HF_HOME", "value": f"{CACHE}/huggingface"},
@@ -152,8 +160,9 @@ def _env(spec: TPORunSpec, phase: str, shards: int) -> list[dict[str, Any]]:
         env.append(_secret_env("TPO_JUDGE_API_KEY", endpoint.api_key_secret_ref))
     if phase == "train":
         env.append({"name": "TORCH_EXTENSIONS_DIR", "value": f"{CACHE}/torch_extensions"})
-    env += [dict(e) for e in spec.env]
-    return env
+    # The spec's env wins over a built-in of the same name (a name twice is ambiguous in k8s).
+    own = {e["name"] for e in spec.env}
+    return [e for e in env if e["name"] not in own] + [dict(e) for e in spec.env]
 
 
 def _resources(pool: Pool, gpus: int) -> dict[str, Any]:
@@ -201,7 +210,8 @@ def _pod_spec(
         "image": spec.images.worker,
         "imagePullPolicy": spec.images.pull_policy,
         "command": command(spec, namespace, run, phase, iteration, phase == "prepare"),
-        "env": _env(spec, phase, shards),
+        "env": _env(spec, namespace, run, phase, iteration, shards),
+        "ports": [{"name": "metrics", "containerPort": POD_METRICS_PORT}],
         "securityContext": _security(),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -310,7 +320,16 @@ def _job(
     body: dict[str, Any] = {
         "backoffLimit": 0 if group else pool.backoff_limit,
         "podFailurePolicy": _failure_policy(group),
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod},
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                "annotations": {
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": str(POD_METRICS_PORT),
+                },
+            },
+            "spec": pod,
+        },
     }
     if pods > 1:
         body.update(completionMode="Indexed", completions=pods, parallelism=pods)
@@ -388,7 +407,7 @@ def train_job_multinode(
         {"name": RDZV_HOST_ENV, "value": f"{name}-0.{svc}"},
         {"name": RDZV_PORT_ENV, "value": str(RDZV_PORT)},
     ]
-    container["ports"] = [{"name": "rendezvous", "containerPort": RDZV_PORT}]
+    container["ports"] = [*container["ports"], {"name": "rendezvous", "containerPort": RDZV_PORT}]
     container["command"] = _torchrun(
         spec,
         namespace,

@@ -200,3 +200,24 @@ def test_render_rejects_an_invalid_manifest_with_field_messages(tmp_path):
     assert out.returncode == EXIT_BAD_INPUT
     assert "spec.iterations" in out.stderr and "spec.pools.train.gpus" in out.stderr
     assert out.stdout == ""
+
+
+def test_pods_expose_their_metrics_and_the_spec_env_wins():
+    m = manifest(name="r", iterations=1)
+    m["spec"]["env"] = [{"name": "HF_HOME", "value": "/models/hf"}, {"name": "X", "value": "1"}]
+    _, spec = parse_manifest(m)
+    body = J.job(spec, "ns", "r", "generate", 1)
+    tmpl = body["spec"]["template"]
+    assert tmpl["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(J.POD_METRICS_PORT),
+    }
+    c = tmpl["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": J.POD_METRICS_PORT} in c["ports"]
+    names = [e["name"] for e in c["env"]]
+    assert len(names) == len(set(names)), names  # no name twice
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["HF_HOME"] == "/models/hf" and env["X"] == "1"
+    assert env["TPO_RUN"] == "r" and env["TPO_NAMESPACE"] == "ns"
+    assert env["TPO_PHASE"] == "generate" and env["TPO_ITERATION"] == "1"
+    assert env["TPO_METRICS_PORT"] == str(J.POD_METRICS_PORT)
