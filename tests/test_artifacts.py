@@ -128,12 +128,6 @@ def test_missing_and_non_utf8(tmp_path):
         read_jsonl(p)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in tpo/artifacts.py (not this engineer's file): the text-mode reader decodes "
-    "ahead in chunks, so a bad byte is blamed on an earlier line. Fix: open the file in binary "
-    "and decode each line itself.",
-)
 def test_non_utf8_names_the_right_line(tmp_path):
     p = tmp_path / "latin1.jsonl"
     p.write_bytes(b'{"a": 1}\n{"a": "\xe9"}\n')

@@ -219,7 +219,7 @@ def iter_jsonl_numbered(
     """(line number, object) pairs; blank lines are skipped but counted."""
     required = tuple(required)
     try:
-        f = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the `with` below
+        f = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing") from None
     except IsADirectoryError:
@@ -228,12 +228,13 @@ def iter_jsonl_numbered(
         lineno = 0
         while True:
             lineno += 1
+            raw = f.readline()
+            if not raw:
+                return
             try:
-                line = f.readline()
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise ArtifactError(f"{path}:{lineno}: not UTF-8 ({e.reason})") from None
-            if not line:
-                return
             if not line.strip():
                 continue
             if final_newline and not line.endswith("\n"):

@@ -72,7 +72,8 @@ def compact(summary: dict[str, Any]) -> str:
 def emit(summary: dict[str, Any]) -> None:
     line = compact(summary)
     path = os.environ.get("TPO_TERMINATION_LOG")
-    if path:
+    # Under torchrun every rank runs this; the Job's result is rank 0's (its local rank 0 writes).
+    if path and os.environ.get("LOCAL_RANK", "0") == "0":
         try:
             Path(path).write_text(line)
         except OSError as e:
@@ -100,6 +101,7 @@ def run_phase(
     existing = _read_done(done)
     if existing is not None:
         return existing
+    _start_pod_metrics(run, name, iteration, index)
     started = time.time()
     fn: Callable[..., dict[str, Any]] = _PHASES[name]
     summary = fn(spec, run, iteration, index, count)
@@ -111,6 +113,14 @@ def run_phase(
         return summary  # rank 0 alone marks the phase done
     A.write_done(done, summary)
     return summary
+
+
+def _start_pod_metrics(run: RunDir, name: str, iteration: int, index: int) -> None:
+    """Serve this pod's live gauges when the Job asks for it (TPO_METRICS_PORT); else a no-op."""
+    from tpo import podmetrics
+
+    run_name = os.environ.get("TPO_RUN") or run.path.name
+    podmetrics.start_if_configured(run=run_name, phase=name, iteration=iteration, shard=index)
 
 
 def _read_done(path: Path) -> dict[str, Any] | None:
@@ -327,7 +337,9 @@ def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
     A.write_jsonl(run.samples(iteration, index), rows)
     ok = [r for r in rows if r["parse_ok"]]
     total_tokens = sum(r["tokens"] for r in rows)
-    _pod_metrics("generation", tokens_per_second=total_tokens / max(elapsed, 1e-9))
+    _pod_metrics(
+        "generation", tokens_per_second=total_tokens / max(elapsed, 1e-9), samples=len(rows)
+    )
     return {
         "prompts": len(prompts),
         "samples": len(rows),
@@ -344,8 +356,8 @@ def _pod_metrics(kind: str, **values: float) -> None:
         from tpo import podmetrics
     except ImportError:
         return
-    if kind == "generation" and hasattr(podmetrics, "set_generation"):
-        podmetrics.set_generation(values["tokens_per_second"], 0)
+    if kind == "generation":
+        podmetrics.set_generation(values["tokens_per_second"], int(values["samples"]))
 
 
 # --------------------------------------------------------------------------- judge
@@ -396,7 +408,7 @@ def judge(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int)
         ]
         for pid in mine
     ]
-    j = load_judge(spec.judge)
+    j = load_judge(spec.judge, engine=spec.generation)
     try:
         raw = j.score_groups(items)
     finally:
@@ -488,7 +500,15 @@ def train(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int)
         out_dir=run.model(iteration),
         work_dir=run.checkpoints(iteration),
     )
-    keep = ("train_loss", "reward_margin", "reward_accuracy", "steps", "pairs")
+    keep = (
+        "train_loss",
+        "final_loss",
+        "reward_margin",
+        "reward_accuracy",
+        "steps",
+        "pairs",
+        "resumed_from_step",
+    )
     summary = {k: out.get(k) for k in keep if k in out}
     summary["model_path"] = str(run.model(iteration))
     return summary
@@ -572,7 +592,7 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
     else:
         cand = _eval_outputs(spec, model_location(spec, run, iteration), prompts, {"c": tp})["c"]
         base = _baseline(spec, run, prompts)
-    j = load_judge(spec.judge)
+    j = load_judge(spec.judge, engine=spec.generation)
     try:
         outcomes = _compare(j, JudgeItem, prompts, cand, base)
         cand_score = _pointwise_mean(spec, j, JudgeItem, prompts, cand)

@@ -44,7 +44,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 # eval outputs (the paper's reported lengths). Evaluation wins when both exist.
 _EVAL_OWNS = {"mean_thought_tokens", "mean_response_tokens"}
 # Summed (not averaged) across the shards of a phase.
-_ADDITIVE = {"samples", "pairs", "skipped_prompts", "wins", "ties", "losses"}
+_ADDITIVE = {"prompts", "samples", "pairs", "skipped_prompts", "wins", "ties", "losses"}
 
 
 def merge_shards(summaries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tpo import artifacts as A
+from tpo import podmetrics
 from tpo.errors import BadInput
 from tpo.spec import TPORunSpec, Training
 
@@ -335,7 +336,7 @@ def train_dpo(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=_lora_config(tr) if tr.lora.enabled else None,
-        callbacks=[_metric_callback(), *callbacks],
+        callbacks=[_metric_callback(), podmetrics.TrainingMetricsCallback(), *callbacks],
     )
     resume = latest_checkpoint(work_dir)
     if resume is not None and rank() == 0:

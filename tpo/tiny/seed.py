@@ -53,13 +53,13 @@ class BuildConfig:
     vocab_size: int = 512
     max_positions: int = 512
     # The noisy mix, per thought-prompted example (sums to 1).
-    p_correct: float = 0.40
-    p_slip: float = 0.20
-    p_useless: float = 0.15
+    p_correct: float = 0.55
+    p_slip: float = 0.10
+    p_useless: float = 0.10
     p_bare: float = 0.10
     p_no_separator: float = 0.15
     # Share of the data that is a raw instruction answered directly (the no-thought baseline).
-    p_direct: float = 0.2
+    p_direct: float = 0.1
     p_guess_right: float = 0.3  # a bare or useless-thought answer happens to be right
 
     def digest(self) -> str:

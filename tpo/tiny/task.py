@@ -20,9 +20,11 @@ from typing import Any
 CATEGORIES = ("add", "sub", "count", "reverse")
 RESPONSE_PREFIX = "The answer is"
 
-# Wrong but well-formed answers earn a little, for near misses; never close to a right one, since
-# best-vs-worst pairs could otherwise be "won" by partial credit without more right answers.
-WRONG_BASE, WRONG_NEAR = 0.1, 0.2
+# A wrong but well-formed answer earns a little, flat: more than garbage (so committing to an
+# answer in the expected format is preferred), but never graded by closeness. Graded partial
+# credit let best-vs-worst pairs "prefer" one wrong answer over another, and DPO + NLL then
+# trained on wrong scratchpads (FIELD-NOTES: partial credit can be won without right answers).
+WRONG = 0.1
 MAX_RESPONSE_CHARS = 40  # a longer response rambles: its score is halved
 
 _ANSWER = re.compile(r"answer is\s*(\d+)", re.IGNORECASE)
@@ -47,7 +49,7 @@ def _sub(rng: random.Random) -> Problem:
 
 def _count(rng: random.Random) -> Problem:
     d = str(rng.randint(0, 9))
-    n = rng.randint(5, 7)
+    n = rng.randint(4, 6)
     hits = rng.randint(0, 3)
     others = [c for c in "0123456789" if c != d]
     digits = [d] * hits + [rng.choice(others) for _ in range(n - hits)]
@@ -57,7 +59,7 @@ def _count(rng: random.Random) -> Problem:
 
 
 def _reverse(rng: random.Random) -> Problem:
-    s = "".join(str(rng.randint(0, 9)) for _ in range(rng.randint(4, 6)))
+    s = "".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 5)))
     return f"Reverse the digits of {s}.", s[::-1], {"s": s}
 
 
@@ -218,17 +220,10 @@ def extract_answer(response: str | None) -> str | None:
     return None
 
 
-def _digit_overlap(got: str, want: str) -> float:
-    """Share of right-aligned digit positions that agree (0..1)."""
-    width = max(len(got), len(want))
-    g, w = got.rjust(width), want.rjust(width)
-    return sum(a == b for a, b in zip(g, w, strict=True)) / width
-
-
 def judge(instruction: str, response: str, record: dict) -> float:
     """Score a RESPONSE against the record's expected answer (`tpo.tiny.task:judge`).
 
-    1.0 right; 0.1-0.3 a wrong number (more for digits in the right places); 0.0 garbage.
+    1.0 right; 0.1 a wrong number; 0.0 garbage (no number committed to).
     A response longer than MAX_RESPONSE_CHARS scores half: rambling must not pay.
     The instruction is unused: the expected answer is in the record, and the thought never
     reaches a judge (the pipeline passes the response only).
@@ -237,7 +232,7 @@ def judge(instruction: str, response: str, record: dict) -> float:
     got = extract_answer(response)
     if got is None or not want:
         return 0.0
-    score = 1.0 if got == want else WRONG_BASE + WRONG_NEAR * _digit_overlap(got, want)
+    score = 1.0 if got == want else WRONG
     if len(response.strip()) > MAX_RESPONSE_CHARS:
         score *= 0.5
     return round(score, 4)
