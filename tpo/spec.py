@@ -487,6 +487,25 @@ class TPORunSpec(Model):
         description="Extra core/v1 EnvVar entries for worker pods (valueFrom for secrets).",
     )
 
+    @field_validator("env")
+    @classmethod
+    def _env_vars(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each entry a core/v1 EnvVar: the Job builder keys on `name`, the API on the rest."""
+        for i, e in enumerate(v):
+            name = e.get("name")
+            if not isinstance(name, str) or not name or "=" in name:
+                raise ValueError(f"[{i}].name: a non-empty string without '=' is required")
+            unknown = sorted(set(e) - {"name", "value", "valueFrom"})
+            if unknown:
+                raise ValueError(f"[{i}]: unknown field(s) {unknown} (name, value, valueFrom)")
+            if "value" in e and not isinstance(e["value"], str):
+                raise ValueError(f"[{i}].value: must be a string")
+            if "valueFrom" in e and not isinstance(e["valueFrom"], dict):
+                raise ValueError(f"[{i}].valueFrom: must be an object")
+            if "value" in e and "valueFrom" in e:
+                raise ValueError(f"[{i}]: set at most one of 'value' or 'valueFrom'")
+        return v
+
 
 # --------------------------------------------------------------------------- the status
 
