@@ -659,6 +659,23 @@ def parse_spec(data: Any) -> TPORunSpec:
         raise SpecError(format_errors(e)) from None
 
 
+MAX_RUN_NAME = 40  # `<run>-<phase>-<t>-r<a>-<index>` must still be a DNS label (Jobs, pods)
+
+
+def name_problem(name: Any) -> str | None:
+    """Why a TPORun name cannot name its Jobs, Services and pods, or None when it can.
+
+    Kubernetes admits any RFC 1123 subdomain (dots, 253 characters) for a custom resource; the
+    children's names need a DNS label, so the operator checks this itself.
+    """
+    if not isinstance(name, str) or not _DNS1123.match(name) or len(name) > MAX_RUN_NAME:
+        return (
+            f"metadata.name: {name!r} must be a lowercase RFC 1123 label (no dots) of at most "
+            f"{MAX_RUN_NAME} characters"
+        )
+    return None
+
+
 def parse_manifest(doc: Any) -> tuple[dict[str, Any], TPORunSpec]:
     """A whole TPORun manifest (as `kubectl apply` takes it) -> (metadata, spec)."""
     if not isinstance(doc, dict):
@@ -672,10 +689,9 @@ def parse_manifest(doc: Any) -> tuple[dict[str, Any], TPORunSpec]:
         problems.append(f"kind: expected {KIND!r}, got {doc.get('kind')!r}")
     meta = doc.get("metadata") or {}
     name = meta.get("name") if isinstance(meta, dict) else None
-    if not isinstance(name, str) or not _DNS1123.match(name) or len(name) > 40:
-        problems.append(
-            f"metadata.name: {name!r} must be a lowercase RFC 1123 name of at most 40 characters"
-        )
+    problem = name_problem(name)
+    if problem:
+        problems.append(problem)
     try:
         spec = parse_spec(doc.get("spec"))
     except SpecError as e:

@@ -17,7 +17,15 @@ from urllib.parse import quote
 
 import kopf
 
-from tpo.spec import API_GROUP, API_VERSION, PLURAL, SpecError, TPORunStatus, parse_spec
+from tpo.spec import (
+    API_GROUP,
+    API_VERSION,
+    PLURAL,
+    SpecError,
+    TPORunStatus,
+    name_problem,
+    parse_spec,
+)
 from tpo_operator import jobs as J
 from tpo_operator import metrics
 from tpo_operator.defaults import OperatorDefaults, with_defaults
@@ -158,6 +166,9 @@ def _reconcile(api: Kube, body: dict[str, Any], namespace: str, name: str) -> No
         spec: Any = parse_spec(with_defaults(body.get("spec"), DEFAULTS))
     except SpecError as e:
         spec = e
+    bad_name = name_problem(name)  # the API admits names no Job could be named after
+    if bad_name:
+        spec = SpecError([bad_name, *(spec.problems if isinstance(spec, SpecError) else [])])
     raw_status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
     try:
         status = TPORunStatus.model_validate(raw_status)
