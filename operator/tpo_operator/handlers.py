@@ -46,6 +46,10 @@ from tpo_operator.reconcile import (
 METRICS_PORT: int | None = None  # set by __main__; None: no metrics server
 DEFAULTS = OperatorDefaults()  # set by __main__ from the chart's env
 TIMER_INTERVAL = 60.0
+# Handlers are sync and block on API calls (~7 per reconcile): kopf's default thread pool
+# (min(32, cores + 4): 6 on a 2-core pod) capped hand-offs at ~20/s with 500 runs
+# (benchmarks/control_plane.py). Threads waiting on I/O cost little; runs stay serialised.
+MAX_WORKERS = 32
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 _KUBE: Kube | None = None
@@ -228,6 +232,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _KUBE = None  # a fresh client per operator start (tests restart it against new servers)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    settings.execution.max_workers = MAX_WORKERS
     if METRICS_PORT is not None:
         metrics.start_server(METRICS_PORT)
 
