@@ -587,6 +587,12 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
     tp = spec.thought_prompt
     if iteration == 0:
         # The paper's first row: the seed with the thought prompt vs the seed answering directly.
+        # Both arms from ONE engine load (an engine start is most of this phase on small models).
+        arms = {f"seed-{tp.type}": tp, "seed-none": _DIRECT}
+        missing = {k: v for k, v in arms.items() if not run.baseline_outputs(k).exists()}
+        if missing:
+            for key, rows in _eval_outputs(spec, seed, prompts, missing).items():
+                A.write_jsonl(run.baseline_outputs(key), rows)
         cand = _cached_arm(spec, run, f"seed-{tp.type}", seed, prompts, tp)
         base = _cached_arm(spec, run, "seed-none", seed, prompts, _DIRECT)
     else:
