@@ -111,6 +111,10 @@ class VllmGenerator:
         if current_platform.is_cpu():
             if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
                 kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+            # A prompt prefilled in chunks has its sampled token discarded, and vLLM then rewinds
+            # the per-request seeded generator, which the CPU generator cannot do ("CPU Generator
+            # does not use offset"): whole-prompt prefills only.
+            kwargs["enable_chunked_prefill"] = False
         else:
             kwargs["gpu_memory_utilization"] = gen.gpu_memory_utilization
         self.llm = LLM(**kwargs)
