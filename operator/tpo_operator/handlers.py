@@ -232,6 +232,9 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _KUBE = None  # a fresh client per operator start (tests restart it against new servers)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    # Serve the namespaces given and the CRD present at start; no namespace/CRD discovery, so
+    # the Role needs no list/watch on namespaces or customresourcedefinitions (least privilege).
+    settings.scanning.disabled = True
     settings.execution.max_workers = MAX_WORKERS
     if METRICS_PORT is not None:
         metrics.start_server(METRICS_PORT)
