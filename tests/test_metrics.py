@@ -7,6 +7,7 @@ are checked as deltas.
 from __future__ import annotations
 
 import itertools
+import socket
 import urllib.request
 from typing import Any
 
@@ -310,6 +311,23 @@ def test_pod_metrics_identity_from_env_and_setters(monkeypatch):
     reg = podmetrics.REGISTRY
     assert value("tpo_generation_tokens_per_second", reg, **ident) == 1234.5
     assert value("tpo_generation_samples", reg, **ident) == 64
+
+
+def test_pod_metrics_one_server_per_pod_and_never_fatal(monkeypatch):
+    """torchrun starts one process per GPU in the same pod: only local rank 0 serves. A port
+    that is taken turns the live gauges off with a warning; the phase goes on."""
+    monkeypatch.setattr(podmetrics, "_port", None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        monkeypatch.setenv("TPO_METRICS_ADDR", "127.0.0.1")
+        monkeypatch.setenv("TPO_METRICS_PORT", str(busy))
+        monkeypatch.setenv("LOCAL_RANK", "3")
+        assert podmetrics.start_if_configured(run="r", phase="train") is None
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        assert podmetrics.start_if_configured(run="r", phase="train") is None  # busy: off
+    assert podmetrics._port is None
 
 
 def test_pod_metrics_server_and_training_callback(monkeypatch):

@@ -100,6 +100,7 @@ def node_env(container: dict, index: int, port: int, tmp: Path) -> dict[str, str
     env[J.RDZV_HOST_ENV] = "127.0.0.1"
     env[J.RDZV_PORT_ENV] = str(port)
     env["TPO_TERMINATION_LOG"] = str(tmp / f"termination-{index}")
+    env["TPO_METRICS_PORT"] = "0"  # each pod has its own IP; two "nodes" on one host do not
     for name, value in list(env.items()):
         if value.startswith(J.CACHE + "/") or value == J.CACHE:
             env[name] = str(tmp / f"node-{index}" / value.lstrip("/"))

@@ -86,6 +86,8 @@ def start_if_configured(**labels: Any) -> int | None:
     raw = os.environ.get(PORT_ENV, "").strip()
     if not raw:
         return None
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return None  # torchrun: one server per pod (local rank 0), not one per GPU process
     if _port is not None:
         return _port
     try:
@@ -94,7 +96,11 @@ def start_if_configured(**labels: Any) -> int | None:
         log.warning("%s=%r is not a port number; pod metrics are off", PORT_ENV, raw)
         return None
     addr = os.environ.get(ADDR_ENV) or "0.0.0.0"  # tests: 127.0.0.1
-    server, _ = start_http_server(port, addr=addr, registry=REGISTRY)
+    try:
+        server, _ = start_http_server(port, addr=addr, registry=REGISTRY)
+    except OSError as e:  # live gauges are a nicety: never the reason a phase fails
+        log.warning("pod metrics off: cannot serve on %s:%d (%s)", addr, port, e)
+        return None
     _port = int(server.server_port)
     log.info("pod metrics on :%d/metrics", _port)
     return _port
