@@ -37,7 +37,7 @@ from tpo.spec import PLURAL
 pytestmark = pytest.mark.timeout(180)
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = "demo"
+RUN = "prom-e2e"  # its own name: counters of other tests' "demo" runs share this process
 STEPS = [("prepare", 0), ("evaluate", 0)] + [
     (p, t) for t in (1, 2) for p in ("generate", "judge", "train", "evaluate")
 ]

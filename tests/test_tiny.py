@@ -106,10 +106,11 @@ def test_judge_scores_right_wrong_garbage(response, lo, hi):
     assert lo <= task.judge(REC["instruction"], response, REC) <= hi
 
 
-def test_judge_partial_credit_is_modest_and_ordered():
+def test_wrong_numbers_earn_a_flat_little_never_graded_by_closeness():
     near = task.judge("", "The answer is 928.", REC)
     far = task.judge("", "The answer is 111.", REC)
-    assert 0.1 <= far < near <= 0.3 < 1.0
+    assert near == far == task.WRONG
+    assert 0.0 < task.WRONG < 1.0
     rambling = "The answer is 929. " + "and more words " * 5
     assert task.judge("", rambling, REC) == 0.5
 

@@ -172,6 +172,15 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _shutdown_distributed() -> None:
+    """Tear the process group down before exit: a rank that exits with gloo's threads still up
+    aborted ('terminate called without an active exception', exit -6) under ZeRO-3 + LoRA."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def check_base_model(base_model: Path | str) -> Path | str:
     """A local directory must hold a config; a bare string that is no path is a hub id."""
     as_path = Path(base_model)
@@ -359,6 +368,7 @@ def train_dpo(
         publish(staging, out_dir, base, tr.lora.enabled, tokenizer, spec.model.dtype)
         clean_work_dir(work_dir)
     _barrier()
+    _shutdown_distributed()
     return summarize(
         trainer.state.log_history,
         train_loss=result.training_loss if not math.isnan(result.training_loss) else None,

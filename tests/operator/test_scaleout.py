@@ -115,7 +115,7 @@ def test_multinode_train_job_and_its_service_fit_together():
     assert svc["spec"]["selector"].items() <= tpl_labels.items()
     port = svc["spec"]["ports"][0]
     assert str(port["port"]) == env[J.RDZV_PORT_ENV] == str(port["targetPort"])
-    assert container["ports"][0]["containerPort"] == port["port"]
+    assert {"name": "rendezvous", "containerPort": port["port"]} in container["ports"]
     script = container["command"][-1]
     assert container["command"][:2] == ["sh", "-c"] and script.startswith("exec torchrun ")
     for arg in (
