@@ -206,3 +206,16 @@ def test_status_ignores_unknown_fields_and_defaults():
     assert st.phase == "Training" and st.iteration == 2 and st.history == []
     with pytest.raises(ValueError):
         TPORunStatus.model_validate({"phase": "Dancing"})
+
+
+def test_a_partial_gpu_pool_keeps_its_gpu():
+    """`pools.train: {nodeSelector: ...}` must not silently drop the phase to 0 GPUs."""
+    spec = parse_spec(
+        {
+            **MINIMAL,
+            "pools": {"train": {"nodeSelector": {"pool": "h100"}}, "judge": {"gpus": 0}},
+        }
+    )
+    assert spec.pools.train.gpus == 1 and spec.pools.train.node_selector == {"pool": "h100"}
+    assert spec.pools.judge.gpus == 0  # an explicit value stands
+    assert spec.pools.prepare.gpus == 0

@@ -457,6 +457,18 @@ class Pools(Model):
     train: Pool = Field(default_factory=lambda: Pool(gpus=1))
     evaluate: Pool = Field(default_factory=lambda: Pool(gpus=1))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _gpu_phases_default_to_one_gpu(cls, data: Any) -> Any:
+        """`pools.train: {nodeSelector: ...}` keeps the phase's GPU: only `gpus` sets it."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for phase in ("generate", "judge", "train", "evaluate"):
+                pool = data.get(phase)
+                if isinstance(pool, dict) and "gpus" not in pool:
+                    data[phase] = {**pool, "gpus": 1}
+        return data
+
 
 class Images(Model):
     worker: str = Field(
