@@ -184,7 +184,13 @@ def test_killed_phase_leaves_no_partial_artifact_and_resumes(prepared):
     phase(run.path, "judge", 1)
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(6)  # mid-way: torch/TRL imported, training under way or starting
+    # Kill it mid-way: once its work dir exists (pairs staged, the trainer starting), not after
+    # a fixed sleep, which a fast machine outran (the phase had finished).
+    deadline = time.monotonic() + 120
+    while not run.checkpoints(1).exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "train never started"
+        time.sleep(0.02)
+    assert proc.poll() is None, "train finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not run.done("train", 1).exists()
