@@ -103,15 +103,17 @@ def test_parse_failure_rate():
 
 
 def test_category_win_rates():
-    o = [1.0] * 12 + [0.0] * 3 + [0.5] * 2
-    c = ["math"] * 15 + ["poetry"] * 2
+    o = [1.0] * 20 + [0.0] * 5 + [0.5] * 19
+    c = ["math"] * 25 + ["poetry"] * 19
     math_, poetry = category_win_rates(o, c)
-    assert (math_.category, math_.n) == ("math", 15)
+    assert (math_.category, math_.n) == ("math", 25)
     assert math_.win_rate == pytest.approx(0.8)
     assert math_.win_rate_low < 0.8 < math_.win_rate_high
     assert math_.note is None
-    assert (poetry.category, poetry.n, poetry.win_rate) == ("poetry", 2, None)
-    assert poetry.win_rate_low is None and poetry.note == "too few prompts (n=2)"
+    assert (poetry.category, poetry.n, poetry.win_rate) == ("poetry", 19, None)
+    # the default threshold is 20 prompts: 19 says so instead of printing a bare 0.5
+    assert poetry.win_rate_low is None and poetry.note == "too few prompts (n=19)"
+    assert category_win_rates(o, c, min_n=19)[1].win_rate == pytest.approx(0.5)
 
 
 def test_category_win_rates_uncategorized_and_none():

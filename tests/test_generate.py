@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tpo.errors import BadInput
-from tpo.generate import Completion, chat_prompt_ids, load_generator, shard_items
+from tpo.generate import Completion, ThoughtBudget, chat_prompt_ids, load_generator, shard_items
 from tpo.spec import Generation
 
 PROMPTS = ["What is 12 + 30?", "Name a colour.", "What is 7 + 8?"]
@@ -105,3 +105,32 @@ def test_shard_out_of_range():
         shard_items([1, 2], 2, 2)
     with pytest.raises(ValueError):
         shard_items([1, 2], 0, 0)
+
+
+@pytest.mark.parametrize("sep", ["Here is my response:", "e"])
+def test_thought_budget_cuts_the_thought_and_forces_the_separator(gen, sep):
+    """Stage 1 is the first `budget` tokens of the same seeded sample; a thought that did not
+    write the separator by then gets it forced on a line of its own, and the response follows
+    within max_tokens. An untrained LM never writes the long separator, and often writes "e"."""
+    kw = dict(n=3, temperature=0.9, top_p=0.95, max_tokens=30, seed=4)
+    plain = gen.generate(PROMPTS, **kw)
+    cut = gen.generate(PROMPTS, **kw, budget=ThoughtBudget(6, sep))
+    forced = emitted = 0
+    for o_plain, o_cut in zip(plain, cut, strict=True):
+        for p, c in zip(o_plain, o_cut, strict=True):
+            assert c.token_count <= 30 and 1 <= c.thought_token_count <= 6
+            head, found, _ = c.text.partition(sep)
+            if c.forced:
+                forced += 1
+                assert found and c.thought_token_count == 6
+                assert sep not in head and (head == "" or head[-1].isspace())
+                # same seed: the thought is where the unbudgeted sample was at the budget
+                assert p.text.startswith(head.removesuffix("\n").rstrip("\ufffd"))
+            elif found:
+                emitted += 1  # the model wrote the separator within the budget
+                assert head == p.text.partition(sep)[0]
+            else:
+                assert c.finish_reason == "stop"  # ended (EOS) inside its thought
+    assert forced > 0
+    if sep == "e":
+        assert emitted > 0

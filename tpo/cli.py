@@ -1,7 +1,7 @@
 """`tpo`: the one command line for users, Jobs and tests.
 
     tpo phase NAME --run-dir D --iteration T [--shard I/N]   what every Job and local step runs
-    tpo run FILE.yaml [--out DIR]                            the whole TPORun locally
+    tpo run FILE.yaml [FILE.yaml ...] [--out DIR]            whole TPORuns locally
     tpo render FILE.yaml [--iteration T]                     the Jobs the operator would create
     tpo crd                                                  the CRD generated from the spec
     tpo tiny build --out DIR                                 the offline tiny seed model + data
@@ -43,8 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ph.add_argument("--spec", default=None, help="spec JSON to snapshot (prepare only)")
 
-    run = sub.add_parser("run", help="run a TPORun manifest locally")
-    run.add_argument("manifest")
+    run = sub.add_parser("run", help="run TPORun manifests locally")
+    run.add_argument(
+        "manifest",
+        nargs="+",
+        help="one or more manifests; a run named by another's evaluation.compareWith runs first",
+    )
     run.add_argument("--out", default="runs", help="artifact root (default: ./runs)")
     run.add_argument("--quiet", action="store_true")
 

@@ -10,6 +10,9 @@ from statistics import NormalDist
 from tpo.spec import CategoryWinRate
 
 UNCATEGORIZED = "uncategorized"
+# Below this many prompts a category gets a note, not a rate (evaluation.minCategoryPrompts):
+# at n=20 a 95% Wilson interval around 0.5 is already 0.30-0.70 wide.
+MIN_CATEGORY_PROMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def category_win_rates(
     outcomes: Sequence[float],
     categories: Sequence[str | None],
     *,
-    min_n: int = 10,
+    min_n: int = MIN_CATEGORY_PROMPTS,
     confidence: float = 0.95,
 ) -> list[CategoryWinRate]:
     """Win rate per instruction category (paper, Figure 3), sorted by category name.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -30,6 +30,29 @@ class Completion:
     text: str
     token_count: int
     finish_reason: str | None
+    # Thought budget: the thought reached it without the separator, which was then appended.
+    forced: bool = False
+    # Thought budget: stage 1 stopped on the stop string (not in `text` when stage 1 is final).
+    hit_stop: bool = False
+    # Thought budget: tokens generated in stage 1 (the thought, and the separator if emitted);
+    # never above the budget. A re-tokenised thought can count differently (a cut multi-byte
+    # character decodes to U+FFFD, which re-encodes as 3 bytes).
+    thought_token_count: int | None = None
+
+
+@dataclass(frozen=True)
+class ThoughtBudget:
+    """At most `tokens` thought tokens, then `separator` (budget forcing, s1 arXiv 2501.19393)."""
+
+    tokens: int
+    separator: str
+
+
+def budget_of(gen: Generation, separator: str | None) -> ThoughtBudget | None:
+    """The spec's thought budget for a thought prompt with this separator (None: no thoughts)."""
+    if gen.thought_budget is None or separator is None:
+        return None
+    return ThoughtBudget(gen.thought_budget, separator)
 
 
 class Generator(Protocol):
@@ -44,6 +67,7 @@ class Generator(Protocol):
         top_p: float,
         max_tokens: int,
         seed: int,
+        budget: ThoughtBudget | None = None,
     ) -> list[list[Completion]]: ...
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
@@ -79,6 +103,104 @@ def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
         return []
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     return [len(x) for x in ids]
+
+
+def forced_prefix(text: str, separator: str) -> str:
+    """A thought cut at the budget, closed by the separator on a line of its own."""
+    joiner = "" if not text or text[-1].isspace() else "\n"
+    return f"{text}{joiner}{separator}"
+
+
+def generate_budgeted(
+    gen: Any,
+    ids: list[list[int]],
+    *,
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_tokens: int,
+    seed: int,
+    budget: ThoughtBudget,
+) -> list[list[Completion]]:
+    """Two-stage generation with a thought budget, one batched engine call per stage.
+
+    Stage 1 samples the K thoughts of every prompt with max_tokens = the budget and the
+    separator as a stop string. A thought that reached the budget without the separator gets
+    it appended (forced); a thought that emitted it keeps it. Stage 2 continues every such
+    (prompt + thought + separator) once, for the response, with the tokens left of max_tokens.
+    An output that ended (EOS) inside its thought without the separator stays a parse failure,
+    exactly as without a budget: forcing only cuts long thoughts, it never repairs formats.
+    `gen` is a backend with `_run(ids, n=, temperature=, top_p=, max_tokens=[...], seeds=[...],
+    stop=)` and a tokenizer.
+    """
+    if temperature <= 0 and n > 1:  # greedy samples are all the same: one, repeated
+        one = generate_budgeted(
+            gen,
+            ids,
+            n=1,
+            temperature=0.0,
+            top_p=1.0,
+            max_tokens=max_tokens,
+            seed=seed,
+            budget=budget,
+        )
+        return [c * n for c in one]
+    first = min(budget.tokens, max_tokens)
+    stage1 = gen._run(
+        ids,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=[first] * len(ids),
+        seeds=[seed + i for i in range(len(ids))],
+        stop=budget.separator,
+    )
+    out: list[list[Completion]] = [
+        [replace(c, thought_token_count=c.token_count) for c in comps] for comps in stage1
+    ]
+    todo: list[tuple[int, int, str, bool, int]] = []  # (prompt, sample, prefix, forced, used)
+    for i, comps in enumerate(stage1):
+        for k, c in enumerate(comps):
+            if c.hit_stop:
+                prefix, forced = c.text + budget.separator, False
+            elif c.finish_reason == "length":
+                prefix, forced = forced_prefix(c.text, budget.separator), True
+            else:
+                continue  # EOS inside the thought: a parse failure, as without a budget
+            used = len(gen.tokenizer(prefix, add_special_tokens=False)["input_ids"])
+            todo.append((i, k, prefix, forced, used))
+    ids2, limits, seeds, keep = [], [], [], []
+    for i, k, prefix, forced, used in todo:
+        left = max_tokens - used
+        if left < 1:  # nothing left for a response: an empty response (a parse failure)
+            thought = stage1[i][k].token_count
+            out[i][k] = Completion(prefix, used, "length", forced, thought_token_count=thought)
+            continue
+        ids2.append(ids[i] + list(gen.tokenizer(prefix, add_special_tokens=False)["input_ids"]))
+        limits.append(left)
+        # Distinct per (prompt, sample), independent of what else shares the batch.
+        seeds.append(seed + i + 100_003 * (k + 1))
+        keep.append((i, k, prefix, forced, used))
+    if ids2:
+        stage2 = gen._run(
+            ids2,
+            n=1,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=limits,
+            seeds=seeds,
+            stop=None,
+        )
+        for (i, k, prefix, forced, used), comps in zip(keep, stage2, strict=True):
+            c = comps[0]
+            out[i][k] = Completion(
+                prefix + c.text,
+                used + c.token_count,
+                c.finish_reason,
+                forced,
+                thought_token_count=stage1[i][k].token_count,
+            )
+    return out
 
 
 def check_model_path(model_path: str) -> None:
@@ -130,12 +252,48 @@ class VllmGenerator:
         top_p: float,
         max_tokens: int,
         seed: int,
+        budget: ThoughtBudget | None = None,
     ) -> list[list[Completion]]:
-        from vllm import SamplingParams
-
         if not prompts:
             return []
-        inputs = [{"prompt_token_ids": chat_prompt_ids(self.tokenizer, p)} for p in prompts]
+        ids = [chat_prompt_ids(self.tokenizer, p) for p in prompts]
+        if budget is not None:
+            return generate_budgeted(
+                self,
+                ids,
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=seed,
+                budget=budget,
+            )
+        return self._run(
+            ids,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=[max_tokens] * len(ids),
+            seeds=[seed + i for i in range(len(ids))],
+            stop=None,
+        )
+
+    def _run(
+        self,
+        ids: list[list[int]],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: list[int],
+        seeds: list[int],
+        stop: str | None,
+    ) -> list[list[Completion]]:
+        """One batched engine call; a stop string, when given, is cut from the text."""
+        from vllm import SamplingParams
+
+        if not ids:
+            return []
         # One SamplingParams per prompt: a per-prompt seed keeps a prompt's samples the same
         # whatever else shares the batch (shards, retries). vLLM refuses greedy with n > 1:
         # greedy samples are all the same, so one is generated and repeated.
@@ -145,14 +303,24 @@ class VllmGenerator:
                 n=1 if greedy else n,
                 temperature=temperature,
                 top_p=top_p if temperature > 0 else 1.0,
-                max_tokens=max_tokens,
-                seed=seed + i,
+                max_tokens=mt,
+                seed=sd,
+                stop=[stop] if stop else None,
             )
-            for i in range(len(prompts))
+            for mt, sd in zip(max_tokens, seeds, strict=True)
         ]
+        inputs = [{"prompt_token_ids": x} for x in ids]
         outs = self.llm.generate(inputs, params, use_tqdm=False)
         comps = [
-            [Completion(o.text, len(o.token_ids), o.finish_reason) for o in req.outputs]
+            [
+                Completion(
+                    o.text,
+                    len(o.token_ids),
+                    o.finish_reason,
+                    hit_stop=stop is not None and o.stop_reason == stop,
+                )
+                for o in req.outputs
+            ]
             for req in outs
         ]
         return [c * n for c in comps] if greedy else comps
@@ -200,27 +368,69 @@ class TransformersGenerator:
         top_p: float,
         max_tokens: int,
         seed: int,
+        budget: ThoughtBudget | None = None,
     ) -> list[list[Completion]]:
+        ids = [chat_prompt_ids(self.tokenizer, p) for p in prompts]
+        if budget is not None and ids:
+            return generate_budgeted(
+                self,
+                ids,
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=seed,
+                budget=budget,
+            )
+        return self._run(
+            ids,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=[max_tokens] * len(ids),
+            seeds=[seed + i for i in range(len(ids))],
+            stop=None,
+        )
+
+    def _run(
+        self,
+        ids: list[list[int]],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: list[int],
+        seeds: list[int],
+        stop: str | None,
+    ) -> list[list[Completion]]:
+        """Chunks of `batch_prompts`, each seeded by its first prompt's seed."""
         out: list[list[Completion]] = []
-        for start in range(0, len(prompts), self.batch_prompts):
-            batch = prompts[start : start + self.batch_prompts]
-            out.extend(self._batch(batch, n, temperature, top_p, max_tokens, seed + start))
+        for start in range(0, len(ids), self.batch_prompts):
+            end = start + self.batch_prompts
+            out.extend(
+                self._batch(
+                    ids[start:end], n, temperature, top_p, max_tokens[start:end], seeds[start], stop
+                )
+            )
         return out
 
     def _batch(
         self,
-        prompts: Sequence[str],
+        ids: list[list[int]],
         n: int,
         temperature: float,
         top_p: float,
-        max_tokens: int,
+        max_tokens: list[int],
         seed: int,
+        stop: str | None,
     ) -> list[list[Completion]]:
         import torch
 
-        ids = [chat_prompt_ids(self.tokenizer, p) for p in prompts]
         enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         sampling = temperature > 0
+        extra: dict[str, Any] = {}
+        if stop:
+            extra = {"stop_strings": [stop], "tokenizer": self.tokenizer}
         torch.manual_seed(seed)
         with torch.no_grad():
             seqs = self.model.generate(
@@ -229,25 +439,37 @@ class TransformersGenerator:
                 temperature=temperature if sampling else None,
                 top_p=top_p if sampling else None,
                 top_k=None,
-                max_new_tokens=max_tokens,
+                max_new_tokens=max(max_tokens),
                 num_return_sequences=n if sampling else 1,
                 pad_token_id=self.tokenizer.pad_token_id,
+                **extra,
             )
         new = seqs[:, enc["input_ids"].shape[1] :].tolist()
-        comps = [self._completion(row, max_tokens) for row in new]
+        per = n if sampling else 1
+        # A row's own limit: one batch shares the longest; the first tokens do not depend on it.
+        comps = [self._completion(row, max_tokens[j // per], stop) for j, row in enumerate(new)]
         if not sampling:  # greedy samples are all the same: generated once, repeated
             return [[c] * n for c in comps]
-        return [comps[i * n : (i + 1) * n] for i in range(len(prompts))]
+        return [comps[i * n : (i + 1) * n] for i in range(len(ids))]
 
-    def _completion(self, row: list[int], max_tokens: int) -> Completion:
-        """Cut at the first stop token (kept in the count, as vLLM counts it)."""
+    def _completion(self, row: list[int], max_tokens: int, stop: str | None = None) -> Completion:
+        """Cut at the first stop token (kept in the count, as vLLM counts it), at the row's
+        limit, and at the stop string (cut from the text, as vLLM does)."""
         stops = self._stop_ids()
+        row = row[:max_tokens]
         end = next((i for i, t in enumerate(row) if t in stops), None)
         if end is None:
             toks, reason = row, "length" if len(row) >= max_tokens else None
         else:
             toks, reason = row[: end + 1], "stop"
         text = self.tokenizer.decode(toks, skip_special_tokens=True)
+        if stop and stop in text:
+            # The stop string ends the output as soon as it is complete.
+            for i in range(1, len(toks) + 1):
+                text = self.tokenizer.decode(toks[:i], skip_special_tokens=True)
+                if stop in text:
+                    head = text[: text.index(stop)]
+                    return Completion(head, i, "stop", hit_stop=True)
         return Completion(text, len(toks), reason)
 
     def _stop_ids(self) -> set[int]:

@@ -205,16 +205,62 @@ def describe(summary: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def order_runs(
+    runs: list[tuple[Path, dict[str, Any], TPORunSpec]],
+) -> list[tuple[Path, dict[str, Any], TPORunSpec]]:
+    """Runs named by another's evaluation.compareWith first: a run's evaluation of iteration t
+    needs the other run's model of iteration t (the operator waits for it; here the other run
+    simply finishes first). A cycle, or a name given twice, is bad input."""
+    key = {(m.get("namespace") or "default", m["name"]): (p, m, s) for p, m, s in runs}
+    if len(key) != len(runs):
+        raise BadInput("tpo run: two manifests name the same namespace/name")
+    out: list[tuple[Path, dict[str, Any], TPORunSpec]] = []
+    state: dict[tuple[str, str], str] = {}
+
+    def visit(k: tuple[str, str], chain: list[str]) -> None:
+        if state.get(k) == "done":
+            return
+        if state.get(k) == "visiting":
+            raise BadInput(
+                f"evaluation.compareWith forms a cycle: {' -> '.join([*chain, k[1]])}; "
+                "a run cannot wait for a run that waits for it"
+            )
+        state[k] = "visiting"
+        other = key[k][2].evaluation.compare_with
+        if other and (k[0], other) in key:
+            visit((k[0], other), [*chain, k[1]])
+        state[k] = "done"
+        out.append(key[k])
+
+    for k in key:
+        visit(k, [])
+    return out
+
+
 def main(args: Any) -> int:
-    path = Path(args.manifest)
-    try:
-        meta, spec = load_manifest(path)
-    except SpecError as e:
-        print(f"error: {path}: invalid TPORun:", file=sys.stderr)
-        for p in e.problems:
-            print(f"  {p}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    paths = [args.manifest] if isinstance(args.manifest, str) else list(args.manifest)
+    runs = []
+    for item in paths:
+        path = Path(item)
+        try:
+            meta, spec = load_manifest(path)
+        except SpecError as e:
+            print(f"error: {path}: invalid TPORun:", file=sys.stderr)
+            for p in e.problems:
+                print(f"  {p}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        runs.append((path, meta, spec))
+    for _, meta, spec in order_runs(runs):
+        rc = run_one(args, meta, spec)
+        if rc != 0:
+            return rc
+    return 0
+
+
+def run_one(args: Any, meta: dict[str, Any], spec: TPORunSpec) -> int:
     run = RunDir.of(args.out, meta.get("namespace") or "default", meta["name"])
+    if spec.evaluation.compare_with == meta["name"]:
+        raise BadInput(f"spec.evaluation.compareWith: {meta['name']!r} names this run itself")
     if run.spec.exists():
         from tpo.phases import spec_diff
         from tpo.spec import parse_spec
@@ -229,6 +275,13 @@ def main(args: Any) -> int:
         A.write_json(run.spec, spec.dump())
     runner = Runner(run, spec, quiet=args.quiet)
     runner.say(f"TPORun {meta['name']}: {spec.iterations} iteration(s) -> {run.path}")
+    other = spec.evaluation.compare_with
+    if other and not (run.path.parent / other / "spec.json").exists():
+        runner.say(
+            f"note: evaluation.compareWith {other!r}: no run at {run.path.parent / other}; "
+            f"iterations are evaluated without the comparison unless it exists by then "
+            f"(pass both manifests to `tpo run`, or run {other!r} first with the same --out)"
+        )
     rc = runner.execute()
     if rc == 0:
         from tpo.report import summary_table, write_report

@@ -23,7 +23,15 @@ from typing import Any
 from tpo import artifacts as A
 from tpo.artifacts import ArtifactError, RunDir
 from tpo.errors import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_OK, BadInput
-from tpo.spec import PHASES, ModelRef, SpecError, ThoughtPrompt, TPORunSpec, parse_spec
+from tpo.spec import (
+    PHASES,
+    Generation,
+    ModelRef,
+    SpecError,
+    ThoughtPrompt,
+    TPORunSpec,
+    parse_spec,
+)
 
 TERMINATION_LIMIT = 4096
 POINTWISE_JUDGES = {"rewardModel", "programmatic"}
@@ -58,11 +66,11 @@ def compact(summary: dict[str, Any]) -> str:
     """The summary as one line that fits a termination message (4096 bytes)."""
     text = json.dumps(summary, sort_keys=True, separators=(",", ":"))
     if len(text.encode()) > TERMINATION_LIMIT and "categories" in summary:
-        text = json.dumps(
-            {**summary, "categories": summary["categories"][:8]},
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        trimmed = {**summary, "categories": summary["categories"][:8]}
+        if isinstance(summary.get("compare"), dict):
+            cmp = summary["compare"]
+            trimmed["compare"] = {**cmp, "categories": (cmp.get("categories") or [])[:8]}
+        text = json.dumps(trimmed, sort_keys=True, separators=(",", ":"))
     if len(text.encode()) > TERMINATION_LIMIT:
         slim = {k: v for k, v in summary.items() if not isinstance(v, list | dict)}
         text = json.dumps(slim, sort_keys=True, separators=(",", ":"))
@@ -285,7 +293,7 @@ def _numbered(path: Path):
 
 
 def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
-    from tpo.generate import load_generator, shard_items
+    from tpo.generate import budget_of, load_generator, shard_items
     from tpo.prompts import wrap
     from tpo.thoughts import split_output
 
@@ -294,9 +302,11 @@ def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
     loc = model_location(spec, run, iteration - 1)
     _, separator = spec.thought_prompt.resolved()
     g = spec.generation
+    budget = budget_of(g, separator)
+    stated = g.thought_budget if g.thought_budget_in_prompt else None
     gen = load_generator(loc, g, dtype=spec.model.dtype)
     try:
-        wrapped = [wrap(spec.thought_prompt, p["instruction"]) for p in prompts]
+        wrapped = [wrap(spec.thought_prompt, p["instruction"], stated) for p in prompts]
         started = time.time()
         outs = gen.generate(
             wrapped,
@@ -305,6 +315,7 @@ def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
             top_p=g.top_p,
             max_tokens=g.max_tokens,
             seed=g.seed + 7919 * iteration + index,
+            budget=budget,
         )
         elapsed = time.time() - started
         rows = []
@@ -326,6 +337,8 @@ def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
                         "failure": s.failure,
                         "tokens": c.token_count,
                         "finish_reason": c.finish_reason,
+                        "forced": c.forced,
+                        "thought_generated_tokens": c.thought_token_count,
                     }
                 )
         thought_n = gen.count_tokens([r["thought"] for r in rows])
@@ -347,6 +360,19 @@ def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         "mean_thought_tokens": _rnd(mean([r["thought_tokens"] for r in ok]), 2),
         "mean_response_tokens": _rnd(mean([r["response_tokens"] for r in ok]), 2),
         "tokens_per_second": _rnd(total_tokens / max(elapsed, 1e-9), 1),
+        **budget_summary(g.thought_budget if budget else None, rows),
+    }
+
+
+def budget_summary(budget: int | None, rows: list[dict]) -> dict[str, Any]:
+    """Share of outputs whose separator was forced, and of thoughts within the budget (the
+    thought re-tokenised after the split, header stripped, as `thought_tokens` counts it)."""
+    if budget is None or not rows:
+        return {}
+    return {
+        "thought_budget": budget,
+        "forced_thought_rate": _rnd(sum(bool(r.get("forced")) for r in rows) / len(rows)),
+        "within_budget_rate": _rnd(sum(r["thought_tokens"] <= budget for r in rows) / len(rows)),
     }
 
 
@@ -397,7 +423,7 @@ def read_samples(spec: TPORunSpec, run: RunDir, iteration: int) -> dict[str, lis
 def judge(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
     from tpo.generate import shard_items
     from tpo.judges import JudgeItem, load_judge
-    from tpo.scoring import choose_rho, length_control, select_pair
+    from tpo.scoring import choose_rho, length_control, overrun_penalty, select_pair
 
     groups = read_samples(spec, run, iteration)
     mine = shard_items(list(groups), index, count)
@@ -419,9 +445,12 @@ def judge(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int)
     rho = choose_rho(list(zip(raw, lengths, oks, strict=True)), rho_max=1.0) if lc.auto else lc.rho
     score_rows, pair_rows, skipped = [], [], 0
     for pid, scores, lens, ok in zip(mine, raw, lengths, oks, strict=True):
-        adjusted = length_control(scores, lens, rho)
-        pair = select_pair(adjusted, ok)
         rows = groups[pid]
+        adjusted = length_control(scores, lens, rho)
+        if lc.overrun_penalty:
+            forced = [bool(r.get("forced")) for r in rows]
+            adjusted = overrun_penalty(adjusted, forced, lc.overrun_penalty)
+        pair = select_pair(adjusted, ok)
         for r, s, a in zip(rows, scores, adjusted, strict=True):
             score_rows.append(
                 {
@@ -520,20 +549,29 @@ _DIRECT = ThoughtPrompt(type="none")
 
 
 def _eval_outputs(
-    spec: TPORunSpec, loc: str, prompts: list[dict], arms: dict[str, ThoughtPrompt]
+    spec: TPORunSpec,
+    loc: str,
+    prompts: list[dict],
+    arms: dict[str, ThoughtPrompt],
+    generation: Generation | None = None,
 ) -> dict[str, list[dict]]:
-    """Greedy (or spec'd) outputs of one model under each thought prompt; one engine load."""
-    from tpo.generate import load_generator
+    """Greedy (or spec'd) outputs of one model under each thought prompt; one engine load.
+
+    An arm with thoughts gets the thought budget of `generation` (default: this run's), so a
+    budgeted run is evaluated as it generates; compareWith passes the other run's."""
+    from tpo.generate import budget_of, load_generator
     from tpo.prompts import wrap
     from tpo.thoughts import split_output
 
     ev = spec.evaluation
+    budgeting = generation or spec.generation
+    stated = budgeting.thought_budget if budgeting.thought_budget_in_prompt else None
     gen = load_generator(loc, spec.generation, dtype=spec.model.dtype)
     out: dict[str, list[dict]] = {}
     try:
         for arm, tp in arms.items():
             _, sep = tp.resolved()
-            wrapped = [wrap(tp, p["instruction"]) for p in prompts]
+            wrapped = [wrap(tp, p["instruction"], stated) for p in prompts]
             comps = gen.generate(
                 wrapped,
                 n=1,
@@ -541,6 +579,7 @@ def _eval_outputs(
                 top_p=spec.generation.top_p if ev.temperature > 0 else 1.0,
                 max_tokens=spec.generation.max_tokens,
                 seed=spec.generation.seed,
+                budget=budget_of(budgeting, sep),
             )
             rows = []
             for p, c in zip(prompts, comps, strict=True):
@@ -552,6 +591,7 @@ def _eval_outputs(
                         "thought": s.thought,
                         "response": s.response,
                         "parse_ok": s.parse_ok,
+                        "forced": c[0].forced,
                     }
                 )
             tn = gen.count_tokens([r["thought"] for r in rows])
@@ -598,11 +638,15 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
     else:
         cand = _eval_outputs(spec, model_location(spec, run, iteration), prompts, {"c": tp})["c"]
         base = _baseline(spec, run, prompts)
+    other, note = _other_arm(spec, run, iteration, prompts)
+    min_n = spec.evaluation.min_category_prompts
     j = load_judge(spec.judge, engine=spec.generation)
     try:
         outcomes = _compare(j, JudgeItem, prompts, cand, base)
         cand_score = _pointwise_mean(spec, j, JudgeItem, prompts, cand)
         base_score = _pointwise_mean(spec, j, JudgeItem, prompts, base)
+        versus = _compare(j, JudgeItem, prompts, cand, other) if other else None
+        other_score = _pointwise_mean(spec, j, JudgeItem, prompts, other) if other else None
     finally:
         j.close()
     scored = [
@@ -611,20 +655,23 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
     if not scored:
         raise BadInput("evaluation: the judge returned no usable verdict for any eval prompt")
     wr = win_rate([o for o, _ in scored])
-    cats = category_win_rates([o for o, _ in scored], [c for _, c in scored])
-    A.write_jsonl(
-        run.eval_outputs(iteration),
-        [
-            {
-                "prompt_id": p["prompt_id"],
-                "category": p.get("category"),
-                "candidate": c["text"],
-                "baseline": b["text"],
-                "outcome": o,
-            }
-            for p, c, b, o in zip(prompts, cand, base, outcomes, strict=True)
-        ],
-    )
+    cats = category_win_rates([o for o, _ in scored], [c for _, c in scored], min_n=min_n)
+    rows = [
+        {
+            "prompt_id": p["prompt_id"],
+            "category": p.get("category"),
+            "candidate": c["text"],
+            "candidate_thought_tokens": c["thought_tokens"],
+            "candidate_forced": bool(c.get("forced")),
+            "baseline": b["text"],
+            "outcome": o,
+        }
+        for p, c, b, o in zip(prompts, cand, base, outcomes, strict=True)
+    ]
+    if other is not None and versus is not None:
+        for r, x, o in zip(rows, other, versus, strict=True):
+            r.update(other=x["text"], other_outcome=o)
+    A.write_jsonl(run.eval_outputs(iteration), rows)
     ok = [r for r in cand if r["parse_ok"]]
     result = {
         "win_rate": _rnd(wr.rate),
@@ -642,8 +689,96 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         "baseline_judge_mean_score": _rnd(base_score),
         "categories": [c.dump() for c in cats],
     }
+    _, separator = tp.resolved()
+    for k, v in budget_summary(spec.generation.thought_budget if separator else None, cand).items():
+        result[f"eval_{k}" if k != "thought_budget" else k] = v
+    if spec.evaluation.compare_with and iteration > 0:
+        result["compare"] = _versus_summary(
+            spec.evaluation.compare_with, prompts, other, versus, other_score, note, min_n
+        )
     A.write_json(run.eval_result(iteration), result)
     return result
+
+
+COMPARE_DIR_ENV = "TPO_COMPARE_RUN_DIR"  # the operator's Job names the other run's directory
+
+
+def compare_run_dir(spec: TPORunSpec, run: RunDir) -> RunDir | None:
+    """The run named by evaluation.compareWith: `$TPO_COMPARE_RUN_DIR` when the Job sets it
+    (the other run's volume mounted elsewhere), else `<root>/<namespace>/<other>/` beside ours."""
+    name = spec.evaluation.compare_with
+    if not name:
+        return None
+    env = os.environ.get(COMPARE_DIR_ENV)
+    return RunDir(Path(env)) if env else RunDir(run.path.parent / name)
+
+
+def _other_arm(
+    spec: TPORunSpec, run: RunDir, t: int, prompts: list[dict]
+) -> tuple[list[dict] | None, str | None]:
+    """The compareWith run's M(t) on OUR eval prompts, prompted as that run prompts it (its
+    thought prompt and budget), sampled with our evaluation settings; or why there is none.
+
+    Iteration 0 has no comparison (it already compares the seed with vs without thoughts).
+    The other run not (yet) having M(t) is a note, not an error: the operator only starts this
+    phase once it has it, unless that run ended without it.
+    """
+    other = compare_run_dir(spec, run)
+    name = spec.evaluation.compare_with
+    if other is None or t == 0:
+        return None, None
+    if other.path.resolve() == run.path.resolve():
+        raise BadInput(f"spec.evaluation.compareWith: {name!r} names this run itself")
+    if not other.spec.exists():
+        return None, f"run {name} not found ({other.path})"
+    try:
+        ospec = parse_spec(A.read_json(other.spec))
+    except SpecError as e:
+        return None, f"run {name}: its spec.json is invalid ({e})"
+    if t > ospec.iterations:
+        return None, f"run {name} has only {ospec.iterations} iteration(s)"
+    model = other.model(t)
+    if not (model / "config.json").exists():
+        return None, f"run {name} has no model for iteration {t} (not trained yet?)"
+    arm = {"other": ospec.thought_prompt}
+    return _eval_outputs(spec, str(model), prompts, arm, ospec.generation)["other"], None
+
+
+def _versus_summary(
+    name: str,
+    prompts: list[dict],
+    other: list[dict] | None,
+    outcomes: list[float | None] | None,
+    other_score: float | None,
+    note: str | None,
+    min_n: int,
+) -> dict[str, Any]:
+    from tpo.evaluate import category_win_rates, win_rate
+
+    scored = [
+        (o, p.get("category"))
+        for o, p in zip(outcomes or [], prompts, strict=False)
+        if o is not None
+    ]
+    if other is None or not scored:
+        return {"run": name, "note": note or "the judge returned no usable verdict"}
+    wr = win_rate([o for o, _ in scored])
+    cats = category_win_rates([o for o, _ in scored], [c for _, c in scored], min_n=min_n)
+    ok = [r for r in other if r["parse_ok"]]
+    return {
+        "run": name,
+        "win_rate": _rnd(wr.rate),
+        "win_rate_low": _rnd(wr.low),
+        "win_rate_high": _rnd(wr.high),
+        "wins": wr.wins,
+        "ties": wr.ties,
+        "losses": wr.losses,
+        "n": wr.n,
+        "judge_mean_score": _rnd(other_score),
+        "mean_thought_tokens": _rnd(mean([r["thought_tokens"] for r in ok]), 2),
+        "mean_response_tokens": _rnd(mean([r["response_tokens"] for r in ok]), 2),
+        "categories": [c.dump() for c in cats],
+    }
 
 
 def _baseline(spec: TPORunSpec, run: RunDir, prompts: list[dict]) -> list[dict]:

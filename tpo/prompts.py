@@ -16,7 +16,17 @@ def format_prompt(template: str, instruction: str) -> str:
     return template.replace(PLACEHOLDER, instruction)
 
 
-def wrap(thought_prompt: ThoughtPrompt, instruction: str) -> str:
-    """The user turn the policy sees for this instruction under the run's thought prompt."""
-    template, _ = thought_prompt.resolved()
-    return format_prompt(template, instruction)
+BUDGET_NOTE = "\n\nThink for at most {budget} tokens before you respond."
+
+
+def wrap(thought_prompt: ThoughtPrompt, instruction: str, stated_budget: int | None = None) -> str:
+    """The user turn the policy sees for this instruction under the run's thought prompt.
+
+    `stated_budget` (generation.thoughtBudgetInPrompt) appends the thought budget to it, as L1
+    (arXiv 2503.04697) states its length target in the prompt; a direct prompt has no thought.
+    """
+    template, separator = thought_prompt.resolved()
+    text = format_prompt(template, instruction)
+    if stated_budget is not None and separator is not None:
+        text += BUDGET_NOTE.format(budget=stated_budget)
+    return text

@@ -152,6 +152,21 @@ def length_control(
     return _standardized(scores, lengths).adjusted(rho)
 
 
+def overrun_penalty(
+    scores: Sequence[float | None], forced: Sequence[bool], penalty: float
+) -> list[float | None]:
+    """Subtract `penalty` from the score of every sample whose thought hit the thought budget
+    and had its separator forced (judge.lengthControl.overrunPenalty; the length rewards of
+    L1, arXiv 2503.04697, and ThinkPrune, 2504.01296): among equally good responses, the one
+    whose thought ended within the budget on its own is preferred. Unscored samples stay None.
+    """
+    if len(scores) != len(forced):
+        raise ValueError(f"{len(scores)} scores but {len(forced)} forced flags")
+    if not penalty >= 0.0 or not math.isfinite(penalty):
+        raise ValueError(f"overrun penalty must be a finite number >= 0, got {penalty}")
+    return [None if s is None else s - penalty * f for s, f in zip(scores, forced, strict=True)]
+
+
 # --------------------------------------------------------------------------- pair selection
 
 

@@ -196,7 +196,13 @@ class Generation(Model):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vLLM GPU memory share.")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs / torch.compile in vLLM.")
     thought_budget: int | None = Field(
-        None, ge=1, description="Max thought tokens; the separator is forced at the budget."
+        None,
+        ge=1,
+        description="Max thought tokens (default: none, the paper). A thought that reaches it "
+        "is cut there and the separator is forced; the response gets the rest of maxTokens.",
+    )
+    thought_budget_in_prompt: bool = Field(
+        False, description="Also state the budget in the thought prompt (needs thoughtBudget)."
     )
     seed: int = Field(0, ge=0, description="Sampling seed.")
 
@@ -210,6 +216,13 @@ class LengthControl(Model):
     rho: float = Field(0.0, ge=0.0, le=1.0, description="Length penalty weight (paper: 0-0.5).")
     auto: bool = Field(
         False, description="Choose rho per iteration so chosen is not longer than rejected."
+    )
+    overrun_penalty: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description="Subtracted from the (standardised) score of a sample whose thought hit "
+        "generation.thoughtBudget and had its separator forced; 0 = off.",
     )
 
 
@@ -367,8 +380,20 @@ class Evaluation(Model):
     )
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy evaluation outputs.")
     compare_with: str | None = Field(
-        None, description="Another TPORun in the namespace whose models are evaluated against ours."
+        None,
+        description="Another TPORun in the namespace (e.g. the direct twin): each iteration's "
+        "model is also judged head to head against that run's model of the same iteration.",
     )
+    min_category_prompts: int = Field(
+        20, ge=1, description="Categories with fewer eval prompts get a note, not a win rate."
+    )
+
+    @field_validator("compare_with")
+    @classmethod
+    def _run_name(cls, v: str | None) -> str | None:
+        if v is not None and (not _DNS1123.match(v) or len(v) > 63):
+            raise ValueError(f"{v!r} is not a TPORun name (lowercase RFC 1123 label)")
+        return v
 
     @model_validator(mode="after")
     def _baseline(self) -> Evaluation:
@@ -499,6 +524,28 @@ class TPORunSpec(Model):
         description="Extra core/v1 EnvVar entries for worker pods (valueFrom for secrets).",
     )
 
+    @model_validator(mode="after")
+    def _thought_budget(self) -> TPORunSpec:
+        g = self.generation
+        if g.thought_budget is None:
+            if g.thought_budget_in_prompt:
+                raise ValueError("generation.thoughtBudgetInPrompt needs generation.thoughtBudget")
+            if self.judge.length_control.overrun_penalty > 0:
+                raise ValueError(
+                    "judge.lengthControl.overrunPenalty needs generation.thoughtBudget"
+                )
+            return self
+        if self.thought_prompt.type == ThoughtPromptType.none.value:
+            raise ValueError(
+                "generation.thoughtBudget: thoughtPrompt type 'none' has no thought to budget"
+            )
+        if g.thought_budget >= g.max_tokens:
+            raise ValueError(
+                f"generation.thoughtBudget ({g.thought_budget}) must be below "
+                f"generation.maxTokens ({g.max_tokens}): the response needs tokens too"
+            )
+        return self
+
     @field_validator("env")
     @classmethod
     def _env_vars(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -569,6 +616,26 @@ class CategoryWinRate(Model):
     note: str | None = None
 
 
+class CompareStatus(Model):
+    """This run's M(t) head to head against another run's M(t) (evaluation.compareWith)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run: str
+    win_rate: float | None = None
+    win_rate_low: float | None = None
+    win_rate_high: float | None = None
+    wins: int | None = None
+    ties: int | None = None
+    losses: int | None = None
+    n: int | None = None
+    judge_mean_score: float | None = Field(None, description="The other run's arm.")
+    mean_thought_tokens: float | None = Field(None, description="The other run's arm.")
+    mean_response_tokens: float | None = Field(None, description="The other run's arm.")
+    categories: list[CategoryWinRate] = Field(default_factory=list)
+    note: str | None = Field(None, description="Why there is no comparison, when there is none.")
+
+
 class IterationStatus(Model):
     """What one iteration produced; the status history and the metrics are built from it."""
 
@@ -599,6 +666,10 @@ class IterationStatus(Model):
     mean_thought_tokens: float | None = None
     mean_response_tokens: float | None = None
     categories: list[CategoryWinRate] = Field(default_factory=list)
+    thought_budget: int | None = None
+    forced_thought_rate: float | None = None
+    within_budget_rate: float | None = None
+    compare: CompareStatus | None = None
     phase_seconds: dict[str, float] = Field(default_factory=dict)
     model_path: str | None = None
 

@@ -13,7 +13,15 @@ from tpo.spec import Condition, IterationStatus, TPORunStatus
 
 # Fields copied from a phase summary into the iteration's history entry, by phase.
 _FIELDS: dict[str, tuple[str, ...]] = {
-    "generate": ("samples", "parse_failure_rate", "mean_thought_tokens", "mean_response_tokens"),
+    "generate": (
+        "samples",
+        "parse_failure_rate",
+        "mean_thought_tokens",
+        "mean_response_tokens",
+        "thought_budget",
+        "forced_thought_rate",
+        "within_budget_rate",
+    ),
     "judge": (
         "pairs",
         "skipped_prompts",
@@ -38,11 +46,15 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "mean_thought_tokens",
         "mean_response_tokens",
         "categories",
+        "compare",
     ),
 }
 # Generation's token means describe training samples; evaluation's describe the model's
 # eval outputs (the paper's reported lengths). Evaluation wins when both exist.
 _EVAL_OWNS = {"mean_thought_tokens", "mean_response_tokens"}
+# Taken from the first shard (identical in every shard, or not a number to average).
+_NOT_MERGED = {"phase", "iteration", "shards", "shard", "categories", "model_path", "compare"}
+_NOT_MERGED |= {"thought_budget"}
 # Summed (not averaged) across the shards of a phase.
 _ADDITIVE = {"prompts", "samples", "pairs", "skipped_prompts", "wins", "ties", "losses"}
 
@@ -58,7 +70,7 @@ def merge_shards(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {k: v for k, v in summaries[0].items() if k not in ("shard",)}
     for key in {k for s in summaries for k in s}:
         vals = [s.get(key) for s in summaries]
-        if key in ("phase", "iteration", "shards", "shard", "categories", "model_path"):
+        if key in _NOT_MERGED:
             continue
         if key == "seconds":
             out[key] = max(float(v or 0) for v in vals)
