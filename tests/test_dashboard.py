@@ -193,6 +193,12 @@ def test_dashboard_uses_only_exported_metrics():
         "tpo_reconcile_errors_total",
         "up",
         "tpo_category_win_rate",
+        "tpo_category_win_rate_low",
+        "tpo_category_win_rate_high",
+        "tpo_compare_win_rate",
+        "tpo_compare_win_rate_low",
+        "tpo_compare_win_rate_high",
+        "tpo_compare_category_win_rate",
     ):
         assert needed in used, f"the dashboard has no panel for {needed}"
 

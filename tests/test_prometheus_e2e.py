@@ -41,10 +41,26 @@ RUN = "prom-e2e"  # its own name: counters of other tests' "demo" runs share thi
 STEPS = [("prepare", 0), ("evaluate", 0)] + [
     (p, t) for t in (1, 2) for p in ("generate", "judge", "train", "evaluate")
 ]
+CI = {"win_rate_low": 0.2, "win_rate_high": 0.9}
 CATEGORIES = {
-    0: [{"category": "math", "n": 3, "win_rate": 0.5}, {"category": "coding", "n": 1}],
-    1: [{"category": "math", "n": 3, "win_rate": 0.66}, {"category": "writing", "n": 2}],
-    2: [{"category": "math", "n": 3, "win_rate": 0.83}, {"category": "writing", "n": 3}],
+    0: [{"category": "math", "n": 3, "win_rate": 0.5, **CI}, {"category": "coding", "n": 1}],
+    1: [{"category": "math", "n": 3, "win_rate": 0.66, **CI}, {"category": "writing", "n": 2}],
+    2: [{"category": "math", "n": 3, "win_rate": 0.83, **CI}, {"category": "writing", "n": 3}],
+}
+# evaluation.compareWith (the direct twin): the two-arm result of iterations 1 and 2
+COMPARE = {
+    t: {
+        "run": "prom-e2e-direct",
+        "win_rate": 0.55 + 0.05 * t,
+        "win_rate_low": 0.4,
+        "win_rate_high": 0.8,
+        "wins": 3,
+        "ties": 0,
+        "losses": 1,
+        "n": 4,
+        "categories": [{"category": "math", "n": 3, "win_rate": 0.7}, {"category": "x", "n": 1}],
+    }
+    for t in (1, 2)
 }
 
 
@@ -189,6 +205,8 @@ def finished_run(stack: dict[str, Any]) -> dict[str, Any]:
             ctl.crash(job, "CUDA error: out of memory")
             cluster.wait_status(RUN, lambda s: s.get("retries", {}).get("generate") == 1)
         extra = {"categories": CATEGORIES[t]} if phase == "evaluate" else {}
+        if phase == "evaluate" and t in COMPARE:
+            extra["compare"] = COMPARE[t]
         ctl.succeed(job, [summary(phase, t, **extra)])
     status = cluster.wait_status(RUN, lambda s: s.get("phase") == "Succeeded")
     prom: Prometheus = stack["prom"]
@@ -264,6 +282,13 @@ def test_failures_phases_and_categories_match_what_happened(stack, finished_run)
     }
     cats = prom.query(f'tpo_category_win_rate{{run="{RUN}", iteration="2"}}')
     assert {r["metric"]["category"]: float(r["value"][1]) for r in cats} == {"math": 0.83}
+    arms = prom.query(f'tpo_compare_win_rate{{run="{RUN}"}}')
+    assert {
+        (r["metric"]["iteration"], r["metric"]["other"]): float(r["value"][1]) for r in arms
+    } == {
+        ("1", "prom-e2e-direct"): pytest.approx(0.6),
+        ("2", "prom-e2e-direct"): pytest.approx(0.65),
+    }
     loss = prom.query(f'tpo_train_loss{{run="{RUN}", iteration="2"}}')
     assert float(loss[0]["value"][1]) == pytest.approx(0.5)
 

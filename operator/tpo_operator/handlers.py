@@ -37,9 +37,11 @@ from tpo_operator.reconcile import (
     DeleteJob,
     Event,
     JobOutcome,
+    Peer,
     Plan,
     SuspendJob,
     observe,
+    peer_of,
     plan,
 )
 
@@ -183,8 +185,9 @@ def _reconcile(api: Kube, body: dict[str, Any], namespace: str, name: str) -> No
     pod_list = api.request("GET", _core(namespace, "pods"), query=selector).get("items", [])
     observed = observe(job_list, pod_list, name)
     generation = body.get("metadata", {}).get("generation")
-    result = plan(spec, status, observed, now(), name, generation)
-    _apply(api, body, result, namespace, name)
+    peer = _peer(api, spec, status, namespace)
+    result = plan(spec, status, observed, now(), name, generation, peer)
+    _apply(api, body, result, namespace, name, peer)
     if result.status != status:
         data = result.status.model_dump(by_alias=True, mode="json")  # nulls clear fields
         data["history"] = [h.dump() for h in result.status.history]
@@ -192,7 +195,35 @@ def _reconcile(api: Kube, body: dict[str, Any], namespace: str, name: str) -> No
     metrics.observe_run(namespace, name, result.status)
 
 
-def _apply(api: Kube, body: dict[str, Any], result: Plan, namespace: str, name: str) -> None:
+def _peer(api: Kube, spec: Any, status: TPORunStatus, namespace: str) -> Peer | None:
+    """The run named by evaluation.compareWith (the accepted spec's), as the API has it now.
+
+    Its progress reaches us by the safety-net timer (or our own Jobs' events): the other run's
+    status changes are not watched per dependent run.
+    """
+    snap = status.spec_snapshot
+    effective = (
+        snap if snap is not None else (spec.dump() if not isinstance(spec, SpecError) else {})
+    )
+    other = (effective.get("evaluation") or {}).get("compareWith")
+    if not other:
+        return None
+    try:
+        return peer_of(other, api.request("GET", run_path(namespace, other)))
+    except ApiError as e:
+        if e.status == 404:
+            return peer_of(other, None)
+        raise
+
+
+def _apply(
+    api: Kube,
+    body: dict[str, Any],
+    result: Plan,
+    namespace: str,
+    name: str,
+    peer: Peer | None = None,
+) -> None:
     snapshot = result.status.spec_snapshot
     spec = parse_spec(snapshot) if snapshot is not None else None
     for action in result.actions:
@@ -207,7 +238,15 @@ def _apply(api: Kube, body: dict[str, Any], result: Plan, namespace: str, name: 
             kopf.adopt(svc, owner=body)
             api.create(_core(namespace, "services"), svc)
         elif isinstance(action, CreateJob) and spec is not None:
-            manifest = J.job(spec, namespace, name, action.phase, action.iteration, action.attempt)
+            manifest = J.job(
+                spec,
+                namespace,
+                name,
+                action.phase,
+                action.iteration,
+                action.attempt,
+                compare_claim=peer.claim if peer is not None else None,
+            )
             kopf.adopt(manifest, owner=body)
             api.create(_jobs(namespace), manifest)
         elif isinstance(action, DeleteJob):

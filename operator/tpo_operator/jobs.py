@@ -286,14 +286,60 @@ def _failure_policy(group: bool = False) -> dict[str, Any]:
     return {"rules": rules}
 
 
+COMPARE_VOLUME = "compare-artifacts"
+COMPARE_MOUNT = "/compare"
+COMPARE_DIR_ENV = "TPO_COMPARE_RUN_DIR"  # tpo.phases.COMPARE_DIR_ENV
+
+
+def _with_compare(
+    pod: dict[str, Any], spec: TPORunSpec, namespace: str, run: str, claim: str | None
+) -> None:
+    """An evaluate pod of a run with `evaluation.compareWith` reads the other run's M(t).
+
+    Same PVC (a shared claimName): it is already mounted, at `<mount>/<ns>/<other>`. Another
+    PVC (each run created its own): mounted read-only at /compare; the other run's directory is
+    `<ns>/<other>` on it, whatever mount path that run's own pods use.
+    """
+    other = spec.evaluation.compare_with
+    if not other:
+        return
+    container = pod["containers"][0]
+    if claim is None or claim == claim_name(run, spec):
+        path = f"{spec.storage.mount_path.rstrip('/')}/{namespace}/{other}"
+    else:
+        pod["volumes"].append(
+            {
+                "name": COMPARE_VOLUME,
+                "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+            }
+        )
+        container["volumeMounts"].append(
+            {"name": COMPARE_VOLUME, "mountPath": COMPARE_MOUNT, "readOnly": True}
+        )
+        path = f"{COMPARE_MOUNT}/{namespace}/{other}"
+    env = [e for e in container["env"] if e["name"] != COMPARE_DIR_ENV]
+    container["env"] = [*env, {"name": COMPARE_DIR_ENV, "value": path}]
+
+
 def job(
-    spec: TPORunSpec, namespace: str, run: str, phase: str, iteration: int, attempt: int = 0
+    spec: TPORunSpec,
+    namespace: str,
+    run: str,
+    phase: str,
+    iteration: int,
+    attempt: int = 0,
+    compare_claim: str | None = None,
 ) -> dict[str, Any]:
-    """The Job of one phase of one iteration (an Indexed Job when the phase is sharded)."""
+    """The Job of one phase of one iteration (an Indexed Job when the phase is sharded).
+
+    `compare_claim`: the PVC of the `evaluation.compareWith` run (evaluate only; None: ours).
+    """
     if multinode(spec, phase):
         return train_job_multinode(spec, namespace, run, iteration, attempt)
     shards = shards_of(spec, phase)
     pod = _pod_spec(spec, namespace, run, phase, iteration, shards)
+    if phase == "evaluate" and iteration > 0:
+        _with_compare(pod, spec, namespace, run, compare_claim)
     if phase == "train" and spec.training.gpus_per_node > 1:
         pod["containers"][0]["command"] = _torchrun(
             spec, namespace, run, iteration, ["--standalone"]

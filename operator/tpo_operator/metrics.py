@@ -4,7 +4,8 @@ A TPORun's status is the source of truth, so the per-run series are a pure funct
 (`run_series`): each reconcile recomputes them and the shell (`observe_run`) applies the
 difference, which makes repeated or missed reconciles harmless and lets `forget_run` drop exactly
 what a run created. Labels stay bounded: namespace, run, iteration (<= spec.iterations), step
-phase, a closed set of reasons and outcomes, and at most MAX_CATEGORIES categories per iteration.
+phase, a closed set of reasons and outcomes, at most MAX_CATEGORIES categories per iteration,
+and `other` (the one run named by evaluation.compareWith).
 Prompt ids or free text never become labels.
 
 Everything lives in the dedicated `REGISTRY` (not prometheus_client's global one), so importing
@@ -132,6 +133,41 @@ CATEGORY_WIN_RATE = _g(
 CATEGORY_PROMPTS = _g(
     "tpo_category_eval_prompts", "Eval prompts per instruction category.", (*ITER, "category")
 )
+CATEGORY_WIN_RATE_LOW = _g(
+    "tpo_category_win_rate_low",
+    "Lower end of the category win rate's 95% interval.",
+    (*ITER, "category"),
+)
+CATEGORY_WIN_RATE_HIGH = _g(
+    "tpo_category_win_rate_high",
+    "Upper end of the category win rate's 95% interval.",
+    (*ITER, "category"),
+)
+# Two arms (evaluation.compareWith): label `other` is the other TPORun's name, one per run.
+COMPARE = (*ITER, "other")
+COMPARE_GAUGES: dict[str, Gauge] = {
+    "win_rate": _g(
+        "tpo_compare_win_rate",
+        "Win rate of this run's M(t) vs the compareWith run's M(t) (ties count half), 0-1.",
+        COMPARE,
+    ),
+    "win_rate_low": _g(
+        "tpo_compare_win_rate_low", "Lower end of the two-arm win rate's 95% interval.", COMPARE
+    ),
+    "win_rate_high": _g(
+        "tpo_compare_win_rate_high", "Upper end of the two-arm win rate's 95% interval.", COMPARE
+    ),
+}
+COMPARE_CATEGORY_WIN_RATE = _g(
+    "tpo_compare_category_win_rate",
+    "Two-arm win rate per instruction category, 0-1.",
+    (*COMPARE, "category"),
+)
+COMPARE_CATEGORY_PROMPTS = _g(
+    "tpo_compare_category_eval_prompts",
+    "Eval prompts per category in the two-arm comparison.",
+    (*COMPARE, "category"),
+)
 
 PER_RUN: tuple[Gauge, ...] = (
     RUN_INFO,
@@ -143,6 +179,11 @@ PER_RUN: tuple[Gauge, ...] = (
     PHASE_SECONDS,
     CATEGORY_WIN_RATE,
     CATEGORY_PROMPTS,
+    CATEGORY_WIN_RATE_LOW,
+    CATEGORY_WIN_RATE_HIGH,
+    *COMPARE_GAUGES.values(),
+    COMPARE_CATEGORY_WIN_RATE,
+    COMPARE_CATEGORY_PROMPTS,
 )
 
 # --------------------------------------------------------------------------- events
@@ -214,13 +255,33 @@ def run_series(namespace: str, name: str, status: TPORunStatus) -> Series:
         for phase, seconds in h.phase_seconds.items():
             if phase in PHASES:
                 out[(PHASE_SECONDS, (*it, phase))] = float(seconds)
-        ranked = sorted(h.categories, key=lambda c: (-c.n, c.category))[:MAX_CATEGORIES]
-        for cat in ranked:
+        for cat in _ranked(h.categories):
             labels = (*it, _category_label(cat.category))
             out[(CATEGORY_PROMPTS, labels)] = float(cat.n)
-            if cat.win_rate is not None:
-                out[(CATEGORY_WIN_RATE, labels)] = float(cat.win_rate)
+            for gauge, value in (
+                (CATEGORY_WIN_RATE, cat.win_rate),
+                (CATEGORY_WIN_RATE_LOW, cat.win_rate_low),
+                (CATEGORY_WIN_RATE_HIGH, cat.win_rate_high),
+            ):
+                if value is not None:
+                    out[(gauge, labels)] = float(value)
+        if h.compare is not None:
+            arm = (*it, _category_label(h.compare.run))
+            for field, gauge in COMPARE_GAUGES.items():
+                value = getattr(h.compare, field)
+                if value is not None:
+                    out[(gauge, arm)] = float(value)
+            for cat in _ranked(h.compare.categories):
+                labels = (*arm, _category_label(cat.category))
+                out[(COMPARE_CATEGORY_PROMPTS, labels)] = float(cat.n)
+                if cat.win_rate is not None:
+                    out[(COMPARE_CATEGORY_WIN_RATE, labels)] = float(cat.win_rate)
     return out
+
+
+def _ranked(categories: list[Any]) -> list[Any]:
+    """The MAX_CATEGORIES largest categories (a bounded label set whatever the dataset)."""
+    return sorted(categories, key=lambda c: (-c.n, c.category))[:MAX_CATEGORIES]
 
 
 def finished_phases(status: TPORunStatus) -> list[tuple[int, str, float]]:

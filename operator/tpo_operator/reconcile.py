@@ -73,6 +73,36 @@ class ObservedJob:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """What the shell saw of the run named by `evaluation.compareWith` (same namespace)."""
+
+    name: str
+    exists: bool = False
+    terminal: bool = False  # Succeeded or Failed: it will train no more models
+    models: frozenset[int] = frozenset()  # iterations whose M(t) is on its volume
+    iterations: int | None = None
+    claim: str | None = None  # the PVC holding its artifacts
+
+
+def peer_of(name: str, body: dict[str, Any] | None) -> Peer:
+    """A Peer from the other TPORun's API object (None: it does not exist)."""
+    if body is None:
+        return Peer(name)
+    raw = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    try:
+        status = TPORunStatus.model_validate(raw)
+    except ValueError:
+        status = TPORunStatus()
+    snap = status.spec_snapshot or body.get("spec") or {}
+    iterations = snap.get("iterations") if isinstance(snap.get("iterations"), int) else None
+    claim = (snap.get("storage") or {}).get("claimName") or f"{name}-artifacts"
+    models = frozenset(
+        h.iteration for h in status.history if h.model_path or "train" in h.phase_seconds
+    )
+    return Peer(name, True, status.phase in TERMINAL, models, iterations, claim)
+
+
+@dataclass(frozen=True)
 class CreatePVC:
     pass
 
@@ -201,6 +231,7 @@ class _Ctx:
         self.actions: list[Action] = []
         self.now = now
         self.generation = generation
+        self.peer: Peer | None = None
 
     def cond(self, type_: str, value: bool, reason: str, message: str = "") -> None:
         self.status = set_condition(
@@ -230,9 +261,15 @@ def plan(
     now: str,
     run: str,
     generation: int | None = None,
+    peer: Peer | None = None,
 ) -> Plan:
-    """What to do next for run `run`, given its (possibly invalid) live spec and what exists."""
+    """What to do next for run `run`, given its (possibly invalid) live spec and what exists.
+
+    `peer` is the run named by `evaluation.compareWith`, as last seen: evaluating iteration t
+    waits until that run has its M(t) (or has ended, or has fewer iterations, so never will).
+    """
     ctx = _Ctx(status, now, generation)
+    ctx.peer = peer
     if ctx.status.phase in TERMINAL:
         return Plan(ctx.status, [])
     effective = _effective_spec(ctx, spec)
@@ -450,11 +487,41 @@ def _create(
     if busy:
         ctx.status.message = f"waiting for {', '.join(busy)} to finish"
         return
+    wait = _compare_wait(ctx, spec, step)
+    if wait:
+        ctx.status.message = wait
+        return
     name = job_name(run, step, attempt)
     if multinode(spec, step[0]):
         ctx.actions.append(CreateService(job_name(run, step), step[1]))
     ctx.actions.append(CreateJob(name, step[0], step[1], attempt))
     ctx.event("Normal", "JobCreated", f"{name}: {step[0]} of iteration {step[1]}")
+
+
+def _compare_wait(ctx: _Ctx, spec: TPORunSpec, step: Step) -> str | None:
+    """Why evaluate(t) must wait for the compareWith run, or None to go ahead.
+
+    It goes ahead once that run has M(t); also when it never will (it ended, or has fewer
+    iterations): the phase then records a note instead of the comparison.
+    """
+    other = spec.evaluation.compare_with
+    phase, t = step
+    if phase != "evaluate" or t == 0 or not other:
+        return None
+    peer = ctx.peer
+    if peer is None or peer.name != other or not peer.exists:
+        return f"evaluate of iteration {t} waits for TPORun {other} (evaluation.compareWith)"
+    if t in peer.models:
+        return None
+    if peer.terminal or (peer.iterations is not None and t > peer.iterations):
+        ctx.event(
+            "Warning",
+            "CompareSkipped",
+            f"TPORun {other} has no model of iteration {t} and will train none: "
+            "evaluating without the comparison",
+        )
+        return None
+    return f"evaluate of iteration {t} waits for TPORun {other} to train iteration {t}"
 
 
 def _live(ctx: _Ctx, spec: TPORunSpec, job: ObservedJob, step: Step) -> None:
