@@ -59,6 +59,11 @@ def runs(tmp_path_factory, tiny_lm):
     return one, two, summaries
 
 
+def reseal(done: Path, *files: Path) -> None:
+    """The pod that wrote the (wrong) data wrote its DONE too: the digests match the data."""
+    A.write_done(done, {k: v for k, v in A.read_json(done).items() if k != A.OUTPUTS}, files)
+
+
 def spec_of(run: RunDir):
     return parse_spec(A.read_json(run.spec))
 
@@ -101,11 +106,13 @@ def test_duplicated_shard_data_is_rejected(runs, tmp_path):
     shutil.copytree(two.path, copy.path)
     # both pods wrote shard 0's slice (e.g. an index read wrong): every prompt twice
     shutil.copy(copy.samples(1, 0), copy.samples(1, 1))
+    reseal(copy.done("generate", 1, 1), copy.samples(1, 1))
     with pytest.raises(BadInput, match="also appears in shard 0"):
         P.read_samples(spec_of(copy), copy, 1)
     # one stray row of another shard is enough
     rows = A.read_jsonl(two.samples(1, 1))
     A.write_jsonl(copy.samples(1, 1), [*rows, A.read_jsonl(two.samples(1, 0))[0]])
+    reseal(copy.done("generate", 1, 1), copy.samples(1, 1))
     with pytest.raises(BadInput, match="also appears in shard 0"):
         P.run_phase("judge", copy, 1, (0, 2))
     assert not copy.done("judge", 1, 0).exists()
@@ -127,5 +134,6 @@ def test_judge_shards_merge_into_one_pair_set_for_train(runs, tmp_path, monkeypa
     assert len(scored) == PROMPTS * K  # every sample scored exactly once across the shards
     # a pair duplicated into the other shard's file is refused, not merged twice
     A.write_jsonl(run.pairs(1, 1), [*A.read_jsonl(run.pairs(1, 1)), pairs[0]])
+    reseal(run.done("judge", 1, 1), run.scores(1, 1), run.pairs(1, 1))
     with pytest.raises(BadInput, match="duplicated in shard"):
         P.read_pairs(spec, run, 1)

@@ -8,6 +8,7 @@ mistake for a finished one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -261,16 +262,50 @@ def read_jsonl(
 
 # --------------------------------------------------------------------------- DONE markers
 
+OUTPUTS = "_outputs"  # key of the DONE marker listing the phase's files and their digests
+_FULL_HASH = 64 << 20  # larger files (model shards): size + digest of the first and last MiB
 
-def write_done(path: Path, summary: dict[str, Any]) -> None:
-    write_json(path, summary)
+
+def digest(path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= _FULL_HASH:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(f.read(1 << 20))
+            f.seek(size - (1 << 20))
+            h.update(f.read(1 << 20))
+    return {"bytes": size, "sha256": h.hexdigest()}
+
+
+def write_done(path: Path, summary: dict[str, Any], outputs: Iterable[Path] = ()) -> None:
+    """The phase summary, plus each output file's size and digest (relative to the marker's
+    run directory) so a later reader can tell a finished phase from a damaged one."""
+    base = path.parent
+    files = {}
+    for out in outputs:
+        for f in sorted(out.rglob("*")) if out.is_dir() else [out]:
+            if f.is_file() and not f.name.startswith("."):
+                files[os.path.relpath(f, base)] = digest(f)
+    write_json(path, {**summary, OUTPUTS: files} if files else summary)
 
 
 def read_done(path: Path) -> dict[str, Any] | None:
-    """The phase summary, or None when the phase has not finished. A corrupt marker is an error."""
+    """The phase summary, or None when the phase has not finished. A corrupt marker, or an
+    output file missing, truncated or changed since the marker was written, is an
+    ArtifactError naming that file: the phase's results are not to be trusted."""
     if not path.exists():
         return None
     obj = read_json(path)
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: expected a JSON object")
+    files = obj.pop(OUTPUTS, None) or {}
+    for rel, want in files.items():
+        f = path.parent / rel
+        if not f.is_file():
+            raise ArtifactError(f"{f}: missing (listed in {path.name})")
+        if f.stat().st_size != want.get("bytes") or digest(f) != want:
+            raise ArtifactError(f"{f}: changed or truncated since {path.name} was written")
     return obj

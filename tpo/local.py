@@ -120,9 +120,13 @@ class Runner:
         summaries = []
         started = time.time()
         for shard in range(shards):
-            existing = A.read_done(
-                self.run.done(phase, t, shard if phase in ("generate", "judge") else None)
-            )
+            try:
+                existing = A.read_done(
+                    self.run.done(phase, t, shard if phase in ("generate", "judge") else None)
+                )
+            except A.ArtifactError as e:
+                print(f"warning: {e}; running {phase} (iteration {t}) again", file=sys.stderr)
+                existing = None  # the phase itself finds the damage, says so and redoes it
             if existing is not None:
                 summaries.append(existing)
                 continue

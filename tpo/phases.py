@@ -119,8 +119,21 @@ def run_phase(
     summary["seconds"] = round(time.time() - started, 3)
     if name == "train" and int(os.environ.get("RANK", "0")) != 0:
         return summary  # rank 0 alone marks the phase done
-    A.write_done(done, summary)
+    A.write_done(done, summary, outputs(name, spec, run, iteration, index))
     return summary
+
+
+def outputs(name: str, spec: TPORunSpec, run: RunDir, t: int, index: int) -> list[Path]:
+    """The files a phase's DONE marker vouches for (digests checked whenever it is read)."""
+    if name == "prepare":
+        return [run.eval_prompts] + [run.prompts(i) for i in range(1, spec.iterations + 1)]
+    if name == "generate":
+        return [run.samples(t, index)]
+    if name == "judge":
+        return [run.scores(t, index), run.pairs(t, index)]
+    if name == "train":
+        return [run.model(t)]
+    return [run.eval_result(t), run.eval_outputs(t)]
 
 
 def _start_pod_metrics(run: RunDir, name: str, iteration: int, index: int) -> None:
@@ -609,7 +622,10 @@ def _cached_arm(
 ) -> list[dict]:
     path = run.baseline_outputs(key)
     if path.exists():
-        return A.read_jsonl(path)
+        try:
+            return A.read_jsonl(path, required=("prompt_id", "text", "parse_ok"))
+        except ArtifactError as e:  # damaged cache: made again, never trusted
+            print(f"warning: {e}; generating it again", file=sys.stderr)
     rows = _eval_outputs(spec, loc, prompts, {key: tp})[key]
     A.write_jsonl(path, rows)
     return rows
