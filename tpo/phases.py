@@ -9,6 +9,7 @@ fail fast), 1 crash (Jobs retry).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -34,6 +35,7 @@ from tpo.spec import (
 )
 
 TERMINATION_LIMIT = 4096
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT, errno.EACCES}
 POINTWISE_JUDGES = {"rewardModel", "programmatic"}
 
 
@@ -48,6 +50,19 @@ def main(args: Any) -> int:
     except (BadInput, ArtifactError, SpecError) as e:
         print(f"error: {args.name} (iteration {args.iteration}): {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRORS:
+            traceback.print_exc()
+            return EXIT_CRASH
+        # Disk full, quota, read-only volume: say so plainly; a retry may succeed once space is
+        # freed. Atomic writes left no partial file; earlier artifacts are untouched.
+        print(
+            f"error: {args.name} (iteration {args.iteration}): cannot write artifacts under "
+            f"{run.path}: {e.strerror} ({errno.errorcode.get(e.errno, e.errno)}): "
+            f"{e.filename or ''}",
+            file=sys.stderr,
+        )
+        return EXIT_CRASH
     except Exception:
         traceback.print_exc()
         return EXIT_CRASH
