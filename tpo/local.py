@@ -40,16 +40,20 @@ def steps(spec: TPORunSpec) -> list[Step]:
     return out
 
 
-def load_manifest(path: Path) -> tuple[dict[str, Any], TPORunSpec]:
+def read_yaml(path: Path) -> Any:
+    """A manifest file's document; a missing file or bad YAML is bad input naming file:line."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise BadInput(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
-    meta, spec = parse_manifest(doc)
+
+
+def load_manifest(path: Path) -> tuple[dict[str, Any], TPORunSpec]:
+    meta, spec = parse_manifest(read_yaml(path))
     return meta, resolve_paths(spec, path.resolve().parent)
 
 

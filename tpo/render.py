@@ -30,14 +30,9 @@ def render(doc: Any, iteration: int, namespace: str | None) -> list[dict[str, An
 
 def main(args: Any) -> int:
     path = Path(args.manifest)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise BadInput(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    from tpo.local import read_yaml
+
+    doc = read_yaml(path)
     try:
         objs = render(doc, args.iteration, args.namespace)
     except SpecError as e:
