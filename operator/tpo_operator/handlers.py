@@ -12,6 +12,8 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -40,6 +42,7 @@ from tpo_operator.reconcile import (
     Peer,
     Plan,
     SuspendJob,
+    job_state,
     observe,
     peer_of,
     plan,
@@ -54,6 +57,14 @@ TIMER_INTERVAL = 60.0
 MAX_WORKERS = 32
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
+# (namespace, run, Job) -> the Job's state (reconcile.job_state) as the last successful
+# reconcile of its run saw it, or as the operator created it: its events with that state
+# again are no-ops. Halved the reconciles per phase transition (benchmarks/control_plane.py).
+_SEEN: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+# (namespace, run) -> what its compareWith dependents last saw of it (reconcile.Peer).
+_PEERS: dict[tuple[str, str], Peer] = {}
+# (namespace, run) -> time.monotonic() of its last complete reconcile (see `safety_net`).
+_RECONCILED: dict[tuple[str, str], float] = {}
 _KUBE: Kube | None = None
 log = logging.getLogger("tpo_operator")
 
@@ -99,14 +110,13 @@ class Kube:
             raise ApiError(resp.status, text)
         return json.loads(text) if text else {}
 
-    def create(self, path: str, body: dict[str, Any]) -> bool:
-        """Create-if-absent: True when created, False when it already existed (409)."""
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Create-if-absent: the object as created, None when it already existed (409)."""
         try:
-            self.request("POST", path, body)
-            return True
+            return self.request("POST", path, body) or body
         except ApiError as e:
             if e.status == 409:
-                return False
+                return None
             raise
 
     def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -153,18 +163,26 @@ def kube() -> Kube:
 # --------------------------------------------------------------------------- reconcile
 
 
-def reconcile_run(namespace: str, name: str) -> None:
-    with metrics.reconcile_timer(), _lock(namespace, name):
-        api = kube()
-        try:
-            body = api.request("GET", run_path(namespace, name))
-        except ApiError as e:
-            if e.status == 404:
-                return
-            raise
-        if body.get("metadata", {}).get("deletionTimestamp"):
+def reconcile_run(namespace: str, name: str, unless: Callable[[], bool] | None = None) -> None:
+    """`unless` is asked under the run's lock, once any pass in flight has recorded its work."""
+    with _lock(namespace, name):
+        if unless is not None and unless():
             return
-        _reconcile(api, body, namespace, name)
+        with metrics.reconcile_timer():
+            _reconcile_now(namespace, name)
+
+
+def _reconcile_now(namespace: str, name: str) -> None:
+    api = kube()
+    try:
+        body = api.request("GET", run_path(namespace, name))
+    except ApiError as e:
+        if e.status == 404:
+            return
+        raise
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    _reconcile(api, body, namespace, name)
 
 
 def _reconcile(api: Kube, body: dict[str, Any], namespace: str, name: str) -> None:
@@ -184,28 +202,30 @@ def _reconcile(api: Kube, body: dict[str, Any], namespace: str, name: str) -> No
     job_list = api.request("GET", _jobs(namespace), query=selector).get("items", [])
     pod_list = api.request("GET", _core(namespace, "pods"), query=selector).get("items", [])
     observed = observe(job_list, pod_list, name)
+    seen = {(namespace, name, j["metadata"]["name"]): job_state(j) for j in job_list}
     generation = body.get("metadata", {}).get("generation")
     peer = _peer(api, spec, status, namespace)
     result = plan(spec, status, observed, now(), name, generation, peer)
-    _apply(api, body, result, namespace, name, peer)
+    seen |= _apply(api, body, result, namespace, name, peer)
     if result.status != status:
         data = result.status.model_dump(by_alias=True, mode="json")  # nulls clear fields
         data["history"] = [h.dump() for h in result.status.history]
         api.merge_patch(run_path(namespace, name) + "/status", {"status": data})
+    _SEEN.update(seen)  # only once all of it was applied: a failed pass is redone on the echo
+    _RECONCILED[(namespace, name)] = time.monotonic()
     metrics.observe_run(namespace, name, result.status)
 
 
 def _peer(api: Kube, spec: Any, status: TPORunStatus, namespace: str) -> Peer | None:
     """The run named by evaluation.compareWith (the accepted spec's), as the API has it now.
 
-    Its progress reaches us by the safety-net timer (or our own Jobs' events): the other run's
-    status changes are not watched per dependent run.
+    Its progress wakes this run through `on_peer_change` (the `compare_dependents` index).
     """
     snap = status.spec_snapshot
     effective = (
         snap if snap is not None else (spec.dump() if not isinstance(spec, SpecError) else {})
     )
-    other = (effective.get("evaluation") or {}).get("compareWith")
+    other = compare_with(effective)
     if not other:
         return None
     try:
@@ -216,6 +236,10 @@ def _peer(api: Kube, spec: Any, status: TPORunStatus, namespace: str) -> Peer | 
         raise
 
 
+def compare_with(spec: dict[str, Any] | None) -> str | None:
+    return ((spec or {}).get("evaluation") or {}).get("compareWith") or None
+
+
 def _apply(
     api: Kube,
     body: dict[str, Any],
@@ -223,7 +247,9 @@ def _apply(
     namespace: str,
     name: str,
     peer: Peer | None = None,
-) -> None:
+) -> dict[tuple[str, str, str], tuple[Any, ...]]:
+    """Carries out the plan; returns the state of each Job it created (see `_SEEN`)."""
+    created = {}
     snapshot = result.status.spec_snapshot
     spec = parse_spec(snapshot) if snapshot is not None else None
     for action in result.actions:
@@ -248,7 +274,9 @@ def _apply(
                 compare_claim=peer.claim if peer is not None else None,
             )
             kopf.adopt(manifest, owner=body)
-            api.create(_jobs(namespace), manifest)
+            made = api.create(_jobs(namespace), manifest)
+            if made is not None:
+                created[(namespace, name, action.name)] = job_state(made)
         elif isinstance(action, DeleteJob):
             api.delete(f"{_jobs(namespace)}/{quote(action.name)}")
         elif isinstance(action, SuspendJob):
@@ -260,6 +288,7 @@ def _apply(
             post(body, reason=action.reason, message=action.message)
         elif isinstance(action, JobOutcome):
             metrics.observe_job(namespace, name, action.phase, action.outcome, action.reason)
+    return created
 
 
 # --------------------------------------------------------------------------- kopf wiring
@@ -269,6 +298,8 @@ def _apply(
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _KUBE
     _KUBE = None  # a fresh client per operator start (tests restart it against new servers)
+    for memo in (_SEEN, _PEERS, _RECONCILED):
+        memo.clear()  # what another operator instance saw (tests start several per process)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     # Serve the namespaces given and the CRD present at start; no namespace/CRD discovery, so
@@ -287,13 +318,64 @@ def on_run(namespace: str, name: str, **_: Any) -> None:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={J.LABEL_RUN: kopf.PRESENT})
-def on_job(namespace: str, labels: dict[str, str], **_: Any) -> None:
-    reconcile_run(namespace, labels[J.LABEL_RUN])
+def on_job(
+    type: str | None, body: Any, namespace: str, name: str, labels: dict[str, str], **_: Any
+) -> None:
+    run = labels[J.LABEL_RUN]
+    key, state = (namespace, run, name), job_state(body)
+    if type == "DELETED":
+        _SEEN.pop(key, None)
+
+    def seen() -> bool:
+        if type != "DELETED" and _SEEN.get(key) == state:
+            metrics.SKIPPED_EVENTS.inc()
+            return True
+        return False
+
+    reconcile_run(namespace, run, unless=seen)
+
+
+@kopf.index(API_GROUP, API_VERSION, PLURAL)
+def compare_dependents(
+    namespace: str, name: str, spec: Any, status: Any, **_: Any
+) -> dict[tuple[str, str], str]:
+    """Runs by the run they compare with (evaluation.compareWith), from the watch itself."""
+    other = compare_with((status or {}).get("specSnapshot") or spec)
+    return {(namespace, other): name} if other else {}
+
+
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
+def on_peer_change(
+    type: str | None,
+    body: Any,
+    namespace: str,
+    name: str,
+    compare_dependents: kopf.Index,
+    **_: Any,
+) -> None:
+    """A run's progress (a new M(t), its end) wakes the runs that wait to compare with it."""
+    dependents = list(compare_dependents.get((namespace, name), []))
+    if not dependents:
+        return
+    seen = peer_of(name, None if type == "DELETED" else dict(body))
+    if _PEERS.get((namespace, name)) == seen:
+        return
+    _PEERS[(namespace, name)] = seen
+    for dependent in dependents:
+        reconcile_run(namespace, dependent)
 
 
 @kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=TIMER_INTERVAL)
 def safety_net(namespace: str, name: str, **_: Any) -> None:
-    """Catches anything the watches missed (a dropped stream, a pod event without a Job event)."""
+    """Catches anything the watches missed (a dropped stream, a pod event without a Job event).
+
+    A run reconciled within the interval has missed nothing worth a pass: runs created together
+    would otherwise all reconcile in the same second, interval after interval (500 runs: 1,500
+    reads in a burst that delayed hand-offs by seconds; benchmarks/control_plane.py).
+    """
+    last = _RECONCILED.get((namespace, name))
+    if last is not None and time.monotonic() - last < TIMER_INTERVAL:
+        return
     reconcile_run(namespace, name)
 
 
@@ -303,3 +385,7 @@ def on_delete(namespace: str, name: str, **_: Any) -> None:
     metrics.forget_run(namespace, name)
     with _LOCKS_GUARD:
         _LOCKS.pop((namespace, name), None)
+    _PEERS.pop((namespace, name), None)
+    _RECONCILED.pop((namespace, name), None)
+    for key in [k for k in _SEEN if k[:2] == (namespace, name)]:
+        _SEEN.pop(key, None)

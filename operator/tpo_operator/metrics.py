@@ -210,6 +210,11 @@ RECONCILE_DURATION = Histogram(
 RECONCILE_ERRORS = Counter(
     "tpo_reconcile_errors", "Reconciles that raised (kopf retries them).", registry=REGISTRY
 )
+SKIPPED_EVENTS = Counter(
+    "tpo_job_events_skipped",
+    "Job events that brought no change since the last reconcile of their run (not reconciled).",
+    registry=REGISTRY,
+)
 OPERATOR_INFO = Gauge(
     "tpo_operator_info", "1; the operator's version as a label.", ("version",), registry=REGISTRY
 )

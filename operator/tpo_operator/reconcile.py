@@ -41,6 +41,8 @@ Step = tuple[str, int]
 MUTABLE_FIELDS = ("suspend", "pools", "images", "env")
 TERMINAL = (RunPhase.succeeded.value, RunPhase.failed.value)
 USER_SUSPENDED = "tpo.dev/user-suspended"
+# Events that also announce the Job created in the same pass (see _Ctx.job_created).
+FOLDS_JOB_CREATED = ("Started", "PhaseSucceeded")
 # Job failure reasons a group restart would not fix: the time limit is spent.
 NOT_RESTARTED = ("DeadlineExceeded",)
 
@@ -240,6 +242,18 @@ class _Ctx:
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.actions.append(Event(type_, reason, message))
+
+    def job_created(self, name: str, step: Step) -> None:
+        """Name the new Job in the event of what made it due (the run started, a step
+        succeeded) when this pass posted one: one Event per phase transition, not two.
+        Events are API writes (benchmarks/control_plane.py); the timeline reads the same."""
+        created = f"created {name} ({step[0]} of iteration {step[1]})"
+        last = next((a for a in reversed(self.actions) if isinstance(a, Event)), None)
+        if last is not None and last.type == "Normal" and last.reason in FOLDS_JOB_CREATED:
+            i = len(self.actions) - 1 - self.actions[::-1].index(last)
+            self.actions[i] = Event(last.type, last.reason, f"{last.message}; {created}")
+        else:
+            self.event("Normal", "JobCreated", created)
 
     def fail(self, reason: str, message: str, phase: str | None = None) -> None:
         st = self.status
@@ -495,7 +509,10 @@ def _create(
     if multinode(spec, step[0]):
         ctx.actions.append(CreateService(job_name(run, step), step[1]))
     ctx.actions.append(CreateJob(name, step[0], step[1], attempt))
-    ctx.event("Normal", "JobCreated", f"{name}: {step[0]} of iteration {step[1]}")
+    ctx.job_created(name, step)
+    queue = getattr(spec.pools, step[0]).queue_name
+    if queue:  # created suspended: the status _live gives it once observed (its echo is skipped)
+        ctx.status.message = _kueue_wait(name, queue)
 
 
 def _compare_wait(ctx: _Ctx, spec: TPORunSpec, step: Step) -> str | None:
@@ -538,7 +555,11 @@ def _live(ctx: _Ctx, spec: TPORunSpec, job: ObservedJob, step: Step) -> None:
         ctx.actions.append(SuspendJob(job.name, False))
     _set_running(ctx, step)
     if job.suspend and job.queue:
-        ctx.status.message = f"{job.name} waits for admission by Kueue (queue {job.queue})"
+        ctx.status.message = _kueue_wait(job.name, job.queue)
+
+
+def _kueue_wait(job: str, queue: str) -> str:
+    return f"{job} waits for admission by Kueue (queue {queue})"
 
 
 def _set_suspended(ctx: _Ctx, step: Step, message: str) -> None:
@@ -632,6 +653,26 @@ def _attempt_of(obj: dict[str, Any]) -> int:
         return int(_labels(obj).get(LABEL_ATTEMPT, "0"))
     except ValueError:
         return -1
+
+
+def job_state(body: dict[str, Any]) -> tuple[Any, ...]:
+    """What the planner can learn from a Job body, as a comparable value: its uid, labels,
+    suspend flags, deletion mark and whole status.
+
+    The shell skips a Job event whose state it already reconciled (the echo of its own create,
+    a reconnecting watch's replays): each would otherwise cost a full reconcile. Pods raise no
+    events of their own; what they add (termination messages, preemptions, failures) reaches
+    the Job's status, which changes this value.
+    """
+    meta = body.get("metadata") or {}
+    return (
+        meta.get("uid"),  # a Job re-created under the same name is another Job
+        json.dumps(_labels(body), sort_keys=True),
+        bool(meta.get("deletionTimestamp")),
+        (meta.get("annotations") or {}).get(USER_SUSPENDED),
+        bool((body.get("spec") or {}).get("suspend")),
+        json.dumps(body.get("status") or {}, sort_keys=True),
+    )
 
 
 def observe(

@@ -41,8 +41,15 @@ def test_two_iterations_run_in_order_and_fill_history(cluster: Cluster, ctl: Job
     assert conds["Succeeded"]["status"] == "True" and conds["Ready"]["status"] == "True"
     pvc = cluster.get("persistentvolumeclaims", "demo-artifacts")
     assert pvc and pvc["metadata"]["ownerReferences"][0]["name"] == "demo"
-    reasons = [e["reason"] for e in cluster.events("demo")]
-    assert reasons.count("JobCreated") == 10 and "Succeeded" in reasons
+    events = cluster.events("demo")
+    reasons = [e["reason"] for e in events]
+    assert "Succeeded" in reasons and reasons.count("PhaseSucceeded") == 10
+    # one event per transition: each Job is announced once, in the event of what made it due
+    for job in seen:
+        announced = [e for e in events if f"created {job} " in e["message"]]
+        assert len(announced) == 1, (job, [e["message"] for e in events])
+    assert reasons.count("JobCreated") == 0  # every Job followed a start or a success
+    assert len(events) == 12  # Started, 10 x PhaseSucceeded, Succeeded
 
 
 def test_job_failure_after_retries_fails_the_run(cluster: Cluster, ctl: JobController):

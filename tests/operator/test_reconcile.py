@@ -8,6 +8,7 @@ import dataclasses
 from harness import manifest, summary
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tpo_operator import jobs as J
 from tpo_operator.reconcile import (
     CreateJob,
     CreatePVC,
@@ -88,7 +89,7 @@ def test_unsafe_changes_are_refused_safe_ones_applied():
     assert p.status.spec_snapshot["pools"]["train"]["gpus"] == 4
     refused = [a for a in p.actions if isinstance(a, Event) and a.reason == "SpecChangeRefused"]
     assert len(refused) == 1
-    again = plan(changed, p.status, apply([], p.actions), NOW, "demo")
+    again = plan(changed, p.status, apply(changed, [], p.actions), NOW, "demo")
     assert not any(isinstance(a, Event) for a in again.actions)  # no event storm
 
 
@@ -200,15 +201,19 @@ def worlds(draw):
                 )
             )
     suspend = draw(st.booleans())
-    return status, jobs, suspend
+    queued = draw(st.sampled_from([(), ("generate",), ("generate", "judge", "train")]))
+    return status, jobs, suspend, queued
 
 
-def apply(jobs: list[ObservedJob], actions) -> list[ObservedJob]:
-    """What the API server would hold after the shell applied the actions."""
+def apply(spec, jobs: list[ObservedJob], actions) -> list[ObservedJob]:
+    """What the API server would hold after the shell applied the actions: a created Job as
+    its manifest reads before any controller touched it (the shell skips that echo's event,
+    so planning on it must change nothing)."""
     out = {j.name: j for j in jobs}
     for a in actions:
-        if isinstance(a, CreateJob):
-            out.setdefault(a.name, ObservedJob(a.name, a.phase, a.iteration))
+        if isinstance(a, CreateJob) and a.name not in out:
+            manifest = J.job(spec, "default", "demo", a.phase, a.iteration, a.attempt)
+            (out[a.name],) = observe([manifest], [], "demo")
         elif isinstance(a, SuspendJob):
             out[a.name] = dataclasses.replace(
                 out[a.name], suspend=a.suspend, user_suspended=a.suspend
@@ -219,8 +224,11 @@ def apply(jobs: list[ObservedJob], actions) -> list[ObservedJob]:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
 def test_planner_properties(world):
-    status, jobs, suspend = world
-    spec = SPEC.model_copy(update={"suspend": suspend})
+    status, jobs, suspend, queued = world
+    pools = SPEC.pools.model_copy(
+        update={p: getattr(SPEC.pools, p).model_copy(update={"queue_name": "q"}) for p in queued}
+    )
+    spec = SPEC.model_copy(update={"suspend": suspend, "pools": pools})
     p = plan(spec, status, jobs, NOW, "demo")
     creates = p.of(CreateJob)
     # never two live Jobs: a Job is created only when none of the run's Jobs is live
@@ -235,8 +243,29 @@ def test_planner_properties(world):
     else:
         assert p.status == status and not p.actions
     # idempotent: planning again on the world the plan produced changes nothing
-    again = plan(spec, p.status, apply(jobs, p.actions), NOW, "demo")
+    again = plan(spec, p.status, apply(spec, jobs, p.actions), NOW, "demo")
     assert again.status == p.status
     assert again.actions == []
     # deterministic
     assert plan(spec, status, jobs, NOW, "demo") == p
+
+
+def test_the_echo_of_each_created_job_changes_nothing():
+    """The shell skips the watch event of a Job it just created (handlers.on_job): through a
+    whole run, with and without Kueue queues, planning on the fresh Job must be a no-op."""
+    for queued in ((), ("generate", "judge", "train", "evaluate")):
+        pools = SPEC.pools.model_copy(
+            update={
+                p: getattr(SPEC.pools, p).model_copy(update={"queue_name": "q"}) for p in queued
+            }
+        )
+        spec = SPEC.model_copy(update={"pools": pools})
+        status, jobs, created = TPORunStatus(), [], 0
+        while status.phase != "Succeeded":
+            p = plan(spec, status, jobs, NOW, "demo")
+            fresh = apply(spec, jobs, p.actions)
+            again = plan(spec, p.status, fresh, NOW, "demo")
+            assert (again.status, again.actions) == (p.status, []), (queued, p.status.step)
+            created += len(p.of(CreateJob))
+            status, jobs = p.status, [done(j.name, j.phase, j.iteration) for j in fresh]
+        assert created == len(ORDER)
