@@ -6,7 +6,11 @@ everything with `thoughtPrompt: none`) and `tiny-tpo` (the example, plus
 comparison of iteration t needs its M(t)), and copies tiny-tpo's report, which holds the
 per-category win rates with intervals and the head-to-head table, to
 `benchmarks/results/two_arms.md`. The seed is the snapshot `thought_budget.py` takes of
-`.cache/tiny`.
+`.cache/tiny`, and the run root is the one `thought_budget.py` uses: `tiny-tpo` is its
+unbudgeted run, so after either script the other reuses both runs (their DONE markers).
+
+The default is 1 iteration (the demo runs 3); `--iterations 3` gives the demo's full run
+(`results/two_arms-it3.md`).
 
     python benchmarks/two_arms.py [--iterations 1]
 """
@@ -14,8 +18,6 @@ per-category win rates with intervals and the head-to-head table, to
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,56 +27,42 @@ import _common as C
 
 C.setup_env()
 
-import yaml  # noqa: E402
-from thought_budget import EXAMPLE, WORK, snapshot_seed  # noqa: E402
+import thought_budget as TB  # noqa: E402
 
 RESULTS = C.ROOT / "benchmarks" / "results" / "two_arms.md"
-
-
-def manifests(seed: Path, iterations: int) -> list[Path]:
-    base = yaml.safe_load(EXAMPLE.read_text())
-    base["spec"]["model"]["path"] = str(seed / "model")
-    base["spec"]["dataset"]["path"] = str(seed / "instructions.jsonl")
-    base["spec"]["iterations"] = iterations
-    out = []
-    for name in ("tiny-direct", "tiny-tpo"):
-        doc = json.loads(json.dumps(base))
-        doc["metadata"] = {"name": name}
-        if name == "tiny-direct":
-            doc["spec"]["thoughtPrompt"] = {"type": "none"}
-        else:
-            doc["spec"]["evaluation"]["compareWith"] = "tiny-direct"
-        path = WORK / "manifests" / f"{name}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        out.append(path)
-    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=1)
+    default = RESULTS.relative_to(C.ROOT)
+    ap.add_argument("--out", type=Path, help=f"default {default} (-it<N> for N != 1)")
     args = ap.parse_args()
-    started = time.time()
-    seed = snapshot_seed()
-    paths = manifests(seed["dir"], args.iterations)
-    root = WORK / "two-arms" / seed["digest"]
+    args.out = args.out or TB.results_path(RESULTS, args.iterations)
+    started, load_start = time.time(), TB.load()
+    seed = TB.snapshot_seed()
+    runs = {n: p for n, p, _ in TB.manifests(seed["dir"], args.iterations)}
+    root = TB.run_root(seed["digest"], args.iterations)
+    done = [n for n in runs if TB.finished(root, n, args.iterations)]
     # the TPO manifest first on purpose: `tpo run` orders runs by compareWith itself
-    cmd = [sys.executable, "-m", "tpo.cli", "run", str(paths[1]), str(paths[0]), "--out", str(root)]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    report = (root / "default" / "tiny-tpo" / "report.md").read_text()
+    TB.run_all([runs[TB.TPO], runs[TB.TWIN]], root)
+    report = (root / "default" / TB.TPO / "report.md").read_text()
+    command = "python benchmarks/two_arms.py" + (
+        f" --iterations {args.iterations}" if args.iterations != 1 else ""
+    )
+    reused = f"reused finished runs: {', '.join(done)}" if done else "both runs computed"
     head = (
-        f"<!-- `python benchmarks/two_arms.py --iterations {args.iterations}`, "
-        f"{time.strftime('%Y-%m-%d')}, {(time.time() - started) / 60:.0f} min on a shared 2-core "
-        f"CPU; examples/tiny-cpu.yaml with {args.iterations} iteration(s) (the demo runs 3), "
-        f"seed snapshot {seed['digest']}; the twin is the same manifest with "
-        f"thoughtPrompt: none -->\n\n"
+        f"<!-- `{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
+        f"{(time.time() - started) / 60:.1f} min wall ({reused}), load average {load_start} "
+        f"at the start and {TB.load()} at the end on a shared 2-core CPU; examples/tiny-cpu.yaml "
+        f"with {args.iterations} iteration(s) (the demo runs 3), seed snapshot {seed['digest']}; "
+        f"the twin is the same manifest with thoughtPrompt: none -->\n\n"
     )
     body = "\n".join(x for x in report.splitlines() if not x.startswith("![")) + "\n"
-    RESULTS.write_text(head + body)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(head + body)
     print(report)
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
