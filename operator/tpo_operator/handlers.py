@@ -8,6 +8,7 @@ Handlers are sync (kopf runs them in threads) and serialised per run by a lock.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -336,16 +337,19 @@ def on_job(
 
 
 @kopf.index(API_GROUP, API_VERSION, PLURAL)
-def compare_dependents(
+async def compare_dependents(
     namespace: str, name: str, spec: Any, status: Any, **_: Any
 ) -> dict[tuple[str, str], str]:
-    """Runs by the run they compare with (evaluation.compareWith), from the watch itself."""
+    """Runs by the run they compare with (evaluation.compareWith), from the watch itself.
+
+    Async, as is `on_peer_change`: both run on every TPORun event and are dict look-ups;
+    sync handlers would each cost a thread hand-off per event."""
     other = compare_with((status or {}).get("specSnapshot") or spec)
     return {(namespace, other): name} if other else {}
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
-def on_peer_change(
+async def on_peer_change(
     type: str | None,
     body: Any,
     namespace: str,
@@ -362,7 +366,7 @@ def on_peer_change(
         return
     _PEERS[(namespace, name)] = seen
     for dependent in dependents:
-        reconcile_run(namespace, dependent)
+        await asyncio.to_thread(reconcile_run, namespace, dependent)
 
 
 @kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=TIMER_INTERVAL)
