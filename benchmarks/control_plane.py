@@ -8,13 +8,21 @@ reconcile would read every run's objects). A simulated Job controller inside the
 finishes each Job `--delay` seconds after it is created: a succeeded pod with the phase summary
 as its termination message, then the Job's Complete condition.
 
+Load: all N runs are created at once; each Job runs U(1 - jitter, 1 + jitter) x D seconds,
+D = N / rate, so every N sees the same offered load (`--rate` phase transitions per second;
+default 25/s: 500 runs whose phases last 20 s each, 10-100x shorter than real phases).
+`--delay D --jitter 0` instead gives every Job the same D: the runs move in lockstep, and with a
+short D the offered load exceeds what the operator can serve (a saturation test: read the
+achieved transitions/s, not the latency).
+
 Measured (clock of the emulator, which sees both ends):
   hand-off    Job Complete accepted -> the run's next Job created, p50 / p99
   writes      operator create/patch/delete calls per phase transition, by resource
   operator    CPU seconds per run, peak RSS, RSS growth per run (after all runs vs idle)
 Baseline: the emulator's own round trip (GET of a TPORun from this process), p50 / p99.
 
-    python benchmarks/control_plane.py [--runs 10,100,500] [--iterations 1] [--delay 0.5]
+    python benchmarks/control_plane.py [--runs 10,100,500] [--iterations 1] [--rate 25]
+    python benchmarks/control_plane.py --runs 500 --delay 0.5 --jitter 0     # saturation
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import asyncio
 import itertools
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -72,6 +81,7 @@ class BenchEmulator(H.Emulator):
     """The harness emulator + labelSelector on list + timestamps + a simulated Job controller."""
 
     delay = 0.5
+    jitter = 0.0
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
@@ -84,6 +94,7 @@ class BenchEmulator(H.Emulator):
         self.log: list[tuple[str, str, str]] = []  # (User-Agent, verb, resource[/sub])
         self._inflight: set[int] = set()
         self.by_run: dict[tuple[str, str], list[tuple[str | None, str]]] = defaultdict(list)
+        self.rng = random.Random(0)
 
     # -- kmock scans every stored object (and every declared resource) on each get/list/patch:
     # O(objects) per request. An index by resource and namespace keeps it O(answer).
@@ -182,7 +193,7 @@ class BenchEmulator(H.Emulator):
 
     async def _finish(self, job: dict[str, Any]) -> None:
         """The Job controller: after the delay, a succeeded pod, then the Complete condition."""
-        await asyncio.sleep(self.delay)
+        await asyncio.sleep(self.delay * self.rng.uniform(1 - self.jitter, 1 + self.jitter))
         assert self.session is not None
         meta = job["metadata"]
         labels = meta.get("labels") or {}
@@ -233,16 +244,16 @@ class BenchEmulator(H.Emulator):
 
 
 class BenchCluster(H.Cluster):
-    def __init__(self, tmp: Path, delay: float):
+    def __init__(self, tmp: Path, delay: float, jitter: float):
         super().__init__(tmp)
-        self.delay = delay
+        self.delay, self.jitter = delay, jitter
         self.http.headers["User-Agent"] = BENCH_AGENT
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         async with BenchEmulator() as em, kmock.Server(em) as server:
-            em.delay = self.delay
+            em.delay, em.jitter = self.delay, self.jitter
             em.resources.load_bundled()
             em.resources[f"{API_GROUP}/{API_VERSION}/{PLURAL}"] = kmock.ResourceInfo(
                 kind="TPORun",
@@ -358,9 +369,11 @@ def round_trips(cluster: BenchCluster, n: int = 200) -> list[float]:
     return out
 
 
-def scenario(n: int, iterations: int, delay: float, timeout: float, tmp: Path) -> dict[str, Any]:
+def scenario(
+    n: int, iterations: int, delay: float, jitter: float, timeout: float, tmp: Path
+) -> dict[str, Any]:
     steps_per_run = 2 + 4 * iterations
-    with BenchCluster(tmp, delay) as cluster:
+    with BenchCluster(tmp, delay, jitter) as cluster:
         cluster.create_run(H.manifest("rtt-probe", suspend=True))  # the RTT target; never runs
         rtt_idle = round_trips(cluster)
         op = OperatorProc(cluster.kubeconfig, tmp / f"operator-{n}.log")
@@ -410,7 +423,7 @@ def scenario(n: int, iterations: int, delay: float, timeout: float, tmp: Path) -
         em = cluster.emulator
         assert em is not None
         by_run: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        handoffs = []
+        handoffs, slow_at = [], []
         for name, labels in em.job_labels.items():
             by_run[labels.get(RUN_LABEL, "")].append((name, 0))
         for _run, jobs in by_run.items():
@@ -418,6 +431,7 @@ def scenario(n: int, iterations: int, delay: float, timeout: float, tmp: Path) -
             for (_, prev), (t_next, _) in itertools.pairwise(ordered):
                 if prev in em.finished:
                     handoffs.append(t_next - em.finished[prev])
+                    slow_at.append((handoffs[-1], em.finished[prev] - started))
         transitions = len(handoffs)
         writes = Counter((v, r) for v, r in reqs if v in ("create", "patch", "delete"))
         reads = Counter((v, r) for v, r in reqs if v in ("get", "list"))
@@ -425,6 +439,10 @@ def scenario(n: int, iterations: int, delay: float, timeout: float, tmp: Path) -
         jobs_created = len(em.created)
         return {
             "runs": n,
+            "job_seconds": delay,
+            "jitter": jitter,
+            "offered_per_s": n / delay,
+            "achieved_per_s": jobs_created / elapsed,
             "iterations": iterations,
             "steps_per_run": steps_per_run,
             "runs_succeeded": done,
@@ -437,6 +455,8 @@ def scenario(n: int, iterations: int, delay: float, timeout: float, tmp: Path) -
             "handoff_p50_s": C.percentile(handoffs, 50),
             "handoff_p99_s": C.percentile(handoffs, 99),
             "handoff_max_s": max(handoffs) if handoffs else float("nan"),
+            # when (s after the runs were created) the slowest 1% of hand-offs began
+            "slowest_at_s": sorted(t for _, t in sorted(slow_at)[-max(1, len(slow_at) // 100) :]),
             "rtt_idle_p50_s": C.percentile(rtt_idle, 50),
             "rtt_idle_p99_s": C.percentile(rtt_idle, 99),
             "rtt_load_p50_s": C.percentile(rtt_load, 50),
@@ -444,6 +464,9 @@ def scenario(n: int, iterations: int, delay: float, timeout: float, tmp: Path) -
             # every Job is a phase transition of its run (the first one leaves "Pending")
             "writes_per_transition": total_writes / max(jobs_created, 1),
             "reads_per_transition": sum(reads.values()) / max(jobs_created, 1),
+            "reads_by_resource": {
+                f"{v} {r}": c / max(jobs_created, 1) for (v, r), c in reads.most_common()
+            },
             "writes_by_resource": {
                 f"{v} {r}": c / max(jobs_created, 1) for (v, r), c in writes.most_common()
             },
@@ -465,8 +488,14 @@ def report(r: dict[str, Any]) -> None:
         f"{'' if r['operator_alive'] else ' (OPERATOR DIED)'}"
     )
     print(
+        f"  load: Jobs run {r['job_seconds']:.2f} s x U({1 - r['jitter']:.2f}, "
+        f"{1 + r['jitter']:.2f}); offered {r['offered_per_s']:.1f} transitions/s, "
+        f"achieved {r['achieved_per_s']:.1f}/s (Jobs created / wall)"
+    )
+    print(
         f"  hand-off p50 {r['handoff_p50_s'] * ms:.0f} ms, p99 {r['handoff_p99_s'] * ms:.0f} ms, "
-        f"max {r['handoff_max_s'] * ms:.0f} ms over {r['handoffs']} hand-offs"
+        f"max {r['handoff_max_s'] * ms:.0f} ms over {r['handoffs']} hand-offs; the slowest 1% "
+        f"began {r['slowest_at_s'][0]:.0f}-{r['slowest_at_s'][-1]:.0f} s after creation"
     )
     print(
         f"  emulator round trip: idle p50 {r['rtt_idle_p50_s'] * ms:.1f} ms "
@@ -477,6 +506,8 @@ def report(r: dict[str, Any]) -> None:
         f"  API per transition: {r['writes_per_transition']:.2f} writes, "
         f"{r['reads_per_transition']:.2f} reads; writes: "
         + ", ".join(f"{k} {v:.2f}" for k, v in r["writes_by_resource"].items())
+        + "; reads: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in r["reads_by_resource"].items())
     )
     print(
         f"  operator: {r['operator_cpu_s']:.1f} CPU s "
@@ -492,8 +523,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", default="10,100,500", help="comma-separated N")
     p.add_argument("--iterations", type=int, default=1, help="TPO iterations per run")
-    p.add_argument("--delay", type=float, default=0.5, help="seconds a simulated Job runs")
-    p.add_argument("--timeout", type=float, default=170, help="seconds per N before giving up")
+    p.add_argument(
+        "--rate", type=float, default=25.0, help="offered phase transitions/s (Job time N/rate)"
+    )
+    p.add_argument("--delay", type=float, help="seconds a simulated Job runs (overrides --rate)")
+    p.add_argument("--jitter", type=float, default=0.5, help="Job time spread, +- fraction")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds per N before giving up (default: the slowest possible run plus 60 s)",
+    )
     p.add_argument("--quick", action="store_true", help="N=5 only (the smoke test)")
     p.add_argument("--json", type=Path, help="also write the results here")
     a = p.parse_args(argv)
@@ -504,7 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="tpo-bench-cp-") as tmp:
         for n in ns:
-            r = scenario(n, a.iterations, a.delay, a.timeout, Path(tmp))
+            delay = a.delay if a.delay is not None else n / a.rate
+            steps = 2 + 4 * a.iterations
+            timeout = a.timeout or steps * delay * (1 + a.jitter) + 60
+            r = scenario(n, a.iterations, delay, a.jitter, timeout, Path(tmp))
             report(r)
             results.append(r)
     if a.json:
