@@ -3,7 +3,9 @@
 Every trigger (the TPORun created, resumed or changed; one of its Jobs changed; a slow timer)
 runs the same `reconcile_run`, which reads the world afresh, so a missed or repeated event
 changes nothing. Results come from the pods' termination messages; the operator mounts no volume.
-Handlers are sync (kopf runs them in threads) and serialised per run by a lock.
+Handlers are sync (kopf runs them in threads) and serialised per run by a lock. What is known to
+change nothing is not reconciled: a Job event with the state its run's last pass already saw,
+a timer tick for a run reconciled within the interval.
 """
 
 from __future__ import annotations
