@@ -129,7 +129,8 @@ def generate_budgeted(
     it appended (forced); a thought that emitted it keeps it. Stage 2 continues every such
     (prompt + thought + separator) once, for the response, with the tokens left of max_tokens.
     An output that ended (EOS) inside its thought without the separator stays a parse failure,
-    exactly as without a budget: forcing only cuts long thoughts, it never repairs formats.
+    exactly as without a budget; one that would have run past the budget without it is cut and
+    forced like any long thought (so short budgets also remove those parse failures).
     `gen` is a backend with `_run(ids, n=, temperature=, top_p=, max_tokens=[...], seeds=[...],
     stop=)` and a tokenizer.
     """
