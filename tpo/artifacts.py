@@ -82,6 +82,10 @@ class RunDir:
         """One file per judge shard, so sharded judges never write the same file."""
         return self.pairs_dir(iteration) / f"{shard}.jsonl"
 
+    def battles(self, iteration: int, shard: int) -> Path:
+        """A pairwise judge's battle log ({"prompt", "a", "b", "outcome"} per call), per shard."""
+        return self.iter_dir(iteration) / "battles" / f"{shard}.jsonl"
+
     def model(self, iteration: int) -> Path:
         return self.iter_dir(iteration) / "model"
 

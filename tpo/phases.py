@@ -145,7 +145,7 @@ def outputs(name: str, spec: TPORunSpec, run: RunDir, t: int, index: int) -> lis
     if name == "generate":
         return [run.samples(t, index)]
     if name == "judge":
-        return [run.scores(t, index), run.pairs(t, index)]
+        return [run.scores(t, index), run.pairs(t, index), run.battles(t, index)]
     if name == "train":
         return [run.model(t)]
     return [run.eval_result(t), run.eval_outputs(t)]
@@ -467,6 +467,13 @@ def judge(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int)
         raw = j.score_groups(items)
     finally:
         j.close()
+    # A pairwise judge's calls, logged for replays (benchmarks/pairing_replay.py --battles).
+    battles = [
+        {"prompt": mine[b["prompt"]], "a": b["a"], "b": b["b"], "outcome": b["outcome"]}
+        for b in getattr(j, "battles", None) or []
+    ]
+    if battles:
+        A.write_jsonl(run.battles(iteration, index), battles)
     lengths = [[int(r["response_tokens"]) for r in groups[pid]] for pid in mine]
     oks = [[bool(r["parse_ok"]) for r in groups[pid]] for pid in mine]
     lc = spec.judge.length_control
@@ -521,6 +528,15 @@ def judge(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int)
         "chosen_mean_tokens": _rnd(mean([p["chosen_tokens"] for p in pair_rows]), 2),
         "rejected_mean_tokens": _rnd(mean([p["rejected_tokens"] for p in pair_rows]), 2),
         "parse_failure_rate": _rnd(1 - sum(map(sum, oks)) / n_samples) if n_samples else None,
+        **(
+            {
+                "judge_calls": len(battles),
+                "judge_calls_per_prompt": _rnd(len(battles) / max(len(mine), 1), 2),
+                "judge_no_verdict": sum(b["outcome"] is None for b in battles),
+            }
+            if battles
+            else {}
+        ),
     }
 
 
