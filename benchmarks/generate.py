@@ -8,6 +8,10 @@ own process; the order alternates; the ratio is over medians of `--repeats` runs
   phase tokens/s   the phase's own figure (summary.tokens_per_second: generated tokens over
                    the engine call) and its process wall time
   bare tokens/s    the same window in the bare script (one SamplingParams, no per-prompt seed)
+  seeded tokens/s  the bare script with the phase's sampling: one SamplingParams per prompt,
+                   each with its own seed (what keeps a prompt's samples the same whatever
+                   shares its batch). phase/seeded is our overhead; seeded/bare is vLLM's
+                   price of per-request seeded sampling.
 
     python benchmarks/generate.py [--prompts 64] [--samples 8] [--max-tokens 64] [--repeats 3]
 """
@@ -21,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
@@ -28,8 +33,9 @@ import _common as C
 C.setup_env()
 
 
-def bare(run_dir: Path) -> dict:
-    """What a user would write: one LLM, one SamplingParams, one generate call."""
+def bare(run_dir: Path, seeded: bool = False) -> dict:
+    """What a user would write: one LLM, one SamplingParams, one generate call (`seeded`: one
+    SamplingParams per prompt with the seed the phase gives it)."""
     from vllm import LLM, SamplingParams
 
     from tpo.generate import chat_prompt_ids
@@ -51,9 +57,13 @@ def bare(run_dir: Path) -> dict:
     inputs = [
         {"prompt_token_ids": chat_prompt_ids(tok, wrap(spec.thought_prompt, p))} for p in prompts
     ]
-    params = SamplingParams(
+    params: Any = SamplingParams(
         n=g.samples, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens
     )
+    if seeded:
+        params = [params.clone() for _ in inputs]
+        for i, sp in enumerate(params):
+            sp.seed = g.seed + i
     t0 = time.perf_counter()
     outs = llm.generate(inputs, params, use_tqdm=False)
     elapsed = time.perf_counter() - t0
@@ -70,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (smoke test)")
     p.add_argument("--child-bare", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--child-seeded", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.child_bare:
-        print(json.dumps(bare(a.child_bare)))
+    if a.child_bare or a.child_seeded:
+        print(json.dumps(bare(a.child_bare or a.child_seeded, seeded=bool(a.child_seeded))))
         return 0
     if a.quick:
         a.prompts, a.samples, a.max_tokens, a.repeats = 8, 2, 16, 1
@@ -92,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{a.repeats} repeat(s), alternating order"
         )
         phase_tps, bare_tps, phase_wall, bare_wall = [], [], [], []
+        seeded_tps: list[float] = []
         for rep in range(a.repeats):
-            order = ("phase", "bare") if rep % 2 == 0 else ("bare", "phase")
+            order = ("phase", "bare", "seeded") if rep % 2 == 0 else ("seeded", "bare", "phase")
             for side in order:
                 if side == "phase":
                     run = Path(tmp) / f"run-{rep}"
@@ -118,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
                         f"({r['samples']} samples), process {r['wall_s']:.1f} s",
                         flush=True,
                     )
+                elif side == "seeded":
+                    r = C.run_json([__file__, "--child-seeded", str(base)])
+                    seeded_tps.append(r["tokens_per_second"])
+                    print(
+                        f"  rep {rep} seeded: {r['tokens_per_second']:.0f} tokens/s "
+                        f"({r['tokens']} tokens in {r['gen_s']:.2f} s)",
+                        flush=True,
+                    )
                 else:
                     r = C.run_json([__file__, "--child-bare", str(base)])
                     bare_tps.append(r["tokens_per_second"])
@@ -136,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         f"process wall: phase {C.median(phase_wall):.1f} s, bare {C.median(bare_wall):.1f} s"
     )
     print(C.ratio_line("generate tokens/s phase/bare", ratio, ">= 0.95", ratio >= 0.95))
+    ours = C.median(phase_tps) / C.median(seeded_tps)
+    print(C.ratio_line("generate tokens/s phase/bare-seeded", ours, ">= 0.95", ours >= 0.95))
+    vllm_cost = C.median(seeded_tps) / C.median(bare_tps)
+    print(C.ratio_line("generate tokens/s bare-seeded/bare", vllm_cost, "-", None))
     print(C.ratio_line("generate process wall bare/phase", wall, "-", None))
     return 0
 

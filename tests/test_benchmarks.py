@@ -46,7 +46,7 @@ def run(script: str, tmp_path: Path) -> str:
         ("judge.py", ["judge samples/s judge/bare"]),
         ("train.py", ["train steps/s phase/bare", "train peak RSS phase/bare"]),
         ("end_to_end.py", ["end_to_end non-compute share"]),
-        ("generate.py", ["generate tokens/s phase/bare"]),
+        ("generate.py", ["generate tokens/s phase/bare", "generate tokens/s phase/bare-seeded"]),
     ],
 )
 def test_quick_mode_prints_its_ratios_last(script: str, ratios: list[str], tmp_path: Path):
