@@ -5,6 +5,7 @@
     tpo render FILE.yaml [--iteration T]                     the Jobs the operator would create
     tpo crd                                                  the CRD generated from the spec
     tpo tiny build --out DIR                                 the offline tiny seed model + data
+    tpo tiny build-judge --out DIR                           a tiny pairwise judge for it
 
 Heavy modules are imported inside each command so `tpo crd` stays instant.
 """
@@ -64,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     tb = tsub.add_parser("build", help="build the tiny seed model and its instructions")
     tb.add_argument("--out", required=True)
     tb.add_argument("--force", action="store_true")
+    tj = tsub.add_parser("build-judge", help="build a tiny pairwise LLM judge for the tiny task")
+    tj.add_argument("--out", required=True)
+    tj.add_argument("--seed-dir", default=".cache/tiny", help="the tiny seed it starts from")
+    tj.add_argument("--force", action="store_true")
     return p
 
 
@@ -87,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             from tpo.render import main as render_main
 
             return render_main(args)
+        if args.command == "tiny" and args.tiny_command == "build-judge":
+            from tpo.tiny.judge_model import main as judge_main
+
+            return judge_main(args)
         if args.command == "tiny":
             from tpo.tiny.seed import main as tiny_main
 
