@@ -65,12 +65,12 @@ def test_accuracy_counts_against_the_labels():
 
 # The full judge (benchmarks/pairing_real.py measures it) takes minutes; this one is the same
 # builder from scratch on a narrow mix, right answers vs responses that commit to no number, so
-# that about a minute of SFT learns something a broken pipeline (a template, chat-template or
+# that two minutes of SFT (~150 steps) learn something a broken pipeline (a template, chat-template or
 # tokenizer mismatch between the SFT rows and the judge's prompts) could not.
 SMALL = J.JudgeBuildConfig(
     from_seed=False,
     explain=False,
-    pairs=1000,
+    pairs=2500,
     heldout_pairs=40,
     layers=2,
     learning_rate=3e-3,
