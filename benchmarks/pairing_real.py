@@ -49,8 +49,10 @@ def models(quick: bool) -> tuple[Path, Path, Path, dict]:
 
     if quick:  # small builds of the same code: a smoke test, not a measurement
         base = C.CACHE / "pairing-quick"
-        scfg = seed.BuildConfig(sft_examples=1500, instructions=200, batch_size=32)
-        jcfg = judge_model.JudgeBuildConfig(pairs=800, heldout_pairs=64)
+        scfg = seed.BuildConfig(sft_examples=2000, instructions=40, layers=2)
+        jcfg = judge_model.JudgeBuildConfig(
+            from_seed=False, explain=False, pairs=300, heldout_pairs=16, layers=2
+        )
         seed_out, judge_out = base / "seed", base / "judge"
     else:
         scfg, jcfg = seed.BuildConfig(), judge_model.JudgeBuildConfig()
@@ -111,6 +113,10 @@ def phase(name: str, run: Path) -> tuple[dict, float]:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """[] for a missing file: a judge phase with no call to make (every sample failed to parse)
+    writes no battle log."""
+    if not path.exists():
+        return []
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
@@ -196,6 +202,8 @@ def analyse(rr_run: Path, tour_run: Path) -> dict[str, Any]:
     res: dict[str, Any] = {"prompts": len(true), "prompts_judged": len(pids)}
     res["rr_calls"] = len(rr_log) / max(len(true), 1)
     # Replay of the tournament on the logged round-robin verdicts.
+    if not mats:  # no prompt with two parsed samples: nothing to judge
+        raise SystemExit("no judge calls: every prompt has fewer than two parsed samples")
     outs = replay(mats, max_repeats=0)
     s = summarize(mats, outs)
     res["replay"] = {
@@ -228,7 +236,7 @@ def analyse(rr_run: Path, tour_run: Path) -> dict[str, Any]:
         "calls": sum(calls) / max(len(calls), 1),
         "max": max(calls, default=0),
         "best": 100.0 * best / max(len(pids), 1),
-        "bottom2": 100.0 * bottom / max(bottom_n, 1),
+        "bottom2": 100.0 * bottom / bottom_n if bottom_n else float("nan"),
     }
     # Same prompt, same order, greedy: does the tournament phase see the verdicts the
     # round-robin phase logged? (batching may move a greedy argmax on a near-tie)

@@ -47,6 +47,7 @@ def run(script: str, tmp_path: Path) -> str:
         ("train.py", ["train steps/s phase/bare", "train peak RSS phase/bare"]),
         ("end_to_end.py", ["end_to_end non-compute share"]),
         ("generate.py", ["generate tokens/s phase/bare", "generate tokens/s phase/bare-seeded"]),
+        ("pairing_real.py", ["pairing real calls tournament/round-robin"]),
     ],
 )
 def test_quick_mode_prints_its_ratios_last(script: str, ratios: list[str], tmp_path: Path):
