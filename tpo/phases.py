@@ -320,6 +320,12 @@ def _numbered(path: Path):
 # --------------------------------------------------------------------------- generate
 
 
+def generation_seed(seed: int, iteration: int, shard: int) -> int:
+    """The seed of a generate shard's first prompt (prompt i gets this + i): new samples every
+    iteration, the same ones on a retry."""
+    return seed + 7919 * iteration + shard
+
+
 def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
     from tpo.generate import budget_of, load_generator, shard_items
     from tpo.prompts import wrap
@@ -342,7 +348,7 @@ def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
             temperature=g.temperature,
             top_p=g.top_p,
             max_tokens=g.max_tokens,
-            seed=g.seed + 7919 * iteration + index,
+            seed=generation_seed(g.seed, iteration, index),
             budget=budget,
         )
         elapsed = time.time() - started
