@@ -65,8 +65,8 @@ def test_accuracy_counts_against_the_labels():
 
 # The full judge (benchmarks/pairing_real.py measures it) takes minutes; this one is the same
 # builder from scratch on a narrow mix, right answers vs responses that commit to no number, so
-# that two minutes of SFT (~150 steps) learn something a broken pipeline (a template, chat-template or
-# tokenizer mismatch between the SFT rows and the judge's prompts) could not.
+# that two minutes of SFT (~150 steps) learn something a broken pipeline (a template,
+# chat-template or tokenizer mismatch between the SFT rows and the judge's prompts) could not.
 SMALL = J.JudgeBuildConfig(
     from_seed=False,
     explain=False,
