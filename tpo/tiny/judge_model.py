@@ -228,42 +228,6 @@ def sft_rows(rows: Sequence[dict[str, Any]], explain: bool = True) -> list[dict[
 # --------------------------------------------------------------------------- tokenizer
 
 
-def train_judge_tokenizer(corpus: Sequence[str], vocab_size: int):
-    """Byte-level BPE, single-digit tokens, merges across spaces but never across lines."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from tpo.tiny.model import ASSISTANT, BOS, CHAT_TEMPLATE, EOS, PAD, SPECIAL_TOKENS, USER
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        additional_special_tokens=[USER, ASSISTANT],
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.padding_side = "left"
-    fast.model_max_length = 1024
-    return fast
-
-
 def template_pieces(template: str | None = None) -> list[str]:
     """The template's fixed text between its placeholders."""
     from tpo.judges import DEFAULT_PAIRWISE_TEMPLATE
@@ -390,7 +354,7 @@ def build(
     """Build (or reuse) `out/model/`; returns it. `out/stamp.json` holds the held-out accuracy.
     With `from_seed`, the seed is built (or reused) in `seed_dir` first."""
     from tpo.tiny import seed
-    from tpo.tiny.model import build_causal_lm
+    from tpo.tiny.model import build_causal_lm, train_tokenizer
     from tpo.tiny.seed import _sft
 
     cfg = cfg or JudgeBuildConfig()
@@ -412,7 +376,7 @@ def build(
             corpus = [
                 r["prompt"][0]["content"] + "\n" + r["completion"][0]["content"] for r in rows
             ]
-            tok = train_judge_tokenizer(corpus[:3000], cfg.vocab_size)
+            tok = train_tokenizer(corpus[:3000], cfg.vocab_size, within_lines=True)
             build_causal_lm(
                 model_dir,
                 tok,

@@ -27,16 +27,22 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024):
-    """A byte-level BPE (any text round-trips) with single-digit tokens and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024, *, within_lines: bool = False):
+    """A byte-level BPE (any text round-trips) with single-digit tokens and a chat template.
+
+    `within_lines`: merges may cross spaces but never a line break (the pairwise judge's
+    tokenizer, whose prompts are mostly fixed lines of its template); else words are split
+    apart first, as GPT-2's byte-level pre-tokenizer does."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
+    lines = [pre_tokenizers.Split(Regex("\n"), behavior="isolated")] if within_lines else []
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
+            *lines,
             pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=not within_lines),
         ]
     )
     tok.decoder = decoders.ByteLevel()
