@@ -191,7 +191,7 @@ def test_stamp_prevents_rebuild_and_force_rebuilds(small_seed, capsys):
     assert weights.stat().st_mtime_ns == before
     # A different parameter is a different seed: the stamp no longer matches.
     assert seed.BuildConfig(learning_rate=1e-3).digest() != seed.BuildConfig().digest()
-    assert not seed._stamp_matches(small_seed, seed.BuildConfig(seed=1).digest())
+    assert not seed.stamp_matches(small_seed, seed.BuildConfig(seed=1).digest())
     fast = seed.BuildConfig(**{**SMALL.__dict__, "sft_examples": 32})
     seed.build(small_seed, force=True, cfg=fast)
     assert weights.stat().st_mtime_ns != before

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from tpo import artifacts as A
+from tpo.tiny import seed as seed_build
 from tpo.tiny import task
 
 VERDICTS = {1.0: "[[A]]", 0.0: "[[B]]", 0.5: "[[C]]"}
@@ -314,16 +315,6 @@ def greedy_verdicts(model_dir: Path, rows: Sequence[dict[str, Any]]) -> list[flo
 # --------------------------------------------------------------------------- build
 
 
-def _stamp_matches(out: Path, digest: str) -> bool:
-    stamp = out / "stamp.json"
-    if not stamp.exists() or not (out / "model" / "config.json").exists():
-        return False
-    try:
-        return A.read_json(stamp).get("digest") == digest
-    except A.ArtifactError:
-        return False
-
-
 def _tpo_instructions() -> set[str]:
     """The seed build's TPO instructions (what a run judges): never trained on."""
     from tpo.tiny.seed import BuildConfig
@@ -363,7 +354,7 @@ def build(
     if cfg.from_seed and not (seed_dir / "model" / "config.json").is_file():
         seed.build(seed_dir)  # the demo's seed; an existing one is used as it is
     digest = cfg.digest(seed_dir)
-    if not force and _stamp_matches(out, digest):
+    if not force and seed_build.stamp_matches(out, digest, required=()):
         return out / "model"
     started = time.monotonic()
     train = train_rows(cfg)
@@ -413,7 +404,7 @@ def main(args) -> int:
     out = Path(args.out)
     seed_dir = Path(getattr(args, "seed_dir", None) or SEED_DIR)
     cfg = JudgeBuildConfig()
-    reused = not args.force and _stamp_matches(out, cfg.digest(seed_dir))
+    reused = not args.force and seed_build.stamp_matches(out, cfg.digest(seed_dir), required=())
     model = build(out, force=args.force, cfg=cfg, seed_dir=seed_dir)
     stamp = A.read_json(out / "stamp.json")
     h = stamp["heldout"]

@@ -193,11 +193,13 @@ def _sft(model_dir: Path, rows: list[dict[str, Any]], cfg: BuildConfig, work: Pa
     return {"steps": result.global_step, "train_loss": round(result.training_loss, 4)}
 
 
-def _stamp_matches(out: Path, digest: str) -> bool:
+def stamp_matches(
+    out: Path, digest: str, required: tuple[str, ...] = ("instructions.jsonl",)
+) -> bool:
+    """A build in `out` made from this digest, with its model and the `required` files."""
     stamp = out / "stamp.json"
-    if not stamp.exists() or not (out / "model" / "config.json").exists():
-        return False
-    if not (out / "instructions.jsonl").exists():
+    needed = [stamp, out / "model" / "config.json", *(out / r for r in required)]
+    if not all(f.exists() for f in needed):
         return False
     try:
         return A.read_json(stamp).get("digest") == digest
@@ -212,7 +214,7 @@ def build(out: Path, force: bool = False, cfg: BuildConfig | None = None) -> Pat
     cfg = cfg or BuildConfig()
     out = Path(out)
     digest = cfg.digest()
-    if not force and _stamp_matches(out, digest):
+    if not force and stamp_matches(out, digest):
         return out / "model"
     started = time.monotonic()
     instructions = task.make_instructions(cfg.instructions, cfg.seed)
@@ -249,7 +251,7 @@ def main(args) -> int:
     out = Path(args.out)
     started = time.monotonic()
     cfg = BuildConfig()
-    reused = not args.force and _stamp_matches(out, cfg.digest())
+    reused = not args.force and stamp_matches(out, cfg.digest())
     model = build(out, force=args.force, cfg=cfg)
     took = time.monotonic() - started
     if reused:
