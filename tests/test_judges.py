@@ -157,6 +157,57 @@ def test_tournament_pairing_finds_best_and_worst_with_fewer_calls():
     assert all(THOUGHT not in c for c in calls)
 
 
+def test_reference_guided_judging_shows_the_records_reference_and_never_the_thought():
+    """dataset.referenceField: MT-Bench's reference-guided template by default, the record's
+    value in place of {reference}; a response quoting the placeholder is shown as written."""
+    seen: list[str] = []
+
+    def complete(prompts):
+        seen.extend(prompts)
+        return ["[[C]]"] * len(prompts)
+
+    def ref_item(response, answer):
+        return JudgeItem("What is 2 + 2?", response, {"thought": THOUGHT, "answer": answer})
+
+    core = J.PairwiseCore(complete, template=None, reference_field="answer")
+    core.score_groups([[ref_item("It is 4.", 4), ref_item("{reference}", 4)]])
+    assert len(seen) == 2 and all(THOUGHT not in p for p in seen)
+    for p in seen:
+        assert "[The Start of Reference Answer]\n4\n[The End of Reference Answer]" in p
+        assert "{reference}" in p.split("[The Start of Assistant A")[1]  # the response, as is
+    assert seen[0].startswith(J.DEFAULT_REFERENCE_PAIRWISE_TEMPLATE[:60])
+    plain = J.PairwiseCore(complete, template=None)
+    plain.score_groups([[ref_item("It is 4.", 4), ref_item("five", 4)]])
+    assert "Reference" not in seen[-1]
+
+    with pytest.raises(BadInput, match=r"dataset\.referenceField 'answer': missing"):
+        core.score_groups([[item("a"), item("b")]])
+
+
+def test_tournament_replays_a_match_whose_orders_disagree_with_fresh_verdicts():
+    """A judge that answers "first shown wins" on a match's first attempt (so its two orders
+    cancel out) and by length afterwards: with max_repeats=1 every match is played twice and
+    the tournament finds the longest and shortest; with none it is left to tie-breaks."""
+    asked: dict[tuple[str, str], int] = {}
+
+    def complete(prompts):
+        out = []
+        for p in prompts:
+            a, b = re.findall(r"Start of Assistant .'s Answer\]\n(.*?)\n\[The End", p, re.S)
+            key = (min(a, b), max(a, b))
+            attempt = asked.get(key, 0) // 2  # an attempt is both orders
+            asked[key] = asked.get(key, 0) + 1
+            out.append("[[A]]" if attempt == 0 or len(a) > len(b) else "[[B]]")
+        return out
+
+    resp = ["bb", "a", "dddd", "ccc"]
+    core = J.PairwiseCore(complete, template=None, pairing="tournament", max_repeats=1)
+    (g,) = core.score_groups([[item(r) for r in resp]])
+    assert g.index(max(g)) == 2 and g.index(min(g)) == 1
+    pairs = [(b["a"], b["b"]) for b in core.battles]
+    assert len(pairs) == 2 * len(set(pairs))  # each order of each match twice: one repeat
+
+
 def test_pairwise_position_bias_cancels_and_garbage_counts():
     core = J.PairwiseCore(lambda ps: ["[[A]]"] * len(ps), template=None)
     (g,) = core.score_groups([[item(r) for r in RESPONSES]])
@@ -228,6 +279,39 @@ def test_pairwise_judge_on_vllm(tiny_lm):
         assert j.compare([(item("a"), item("b"))]) == [None]
     finally:
         j.close()
+
+
+def test_pairwise_judge_on_vllm_samples_fresh_seeds_when_it_repeats(tiny_lm):
+    """temperature > 0: the engine samples at it, and no two calls of a phase share a seed,
+    so a replayed match gets a fresh draw (a repeated seed would reproduce the verdict)."""
+    spec = Judge(
+        type="pairwise",
+        pairwise={
+            "path": str(tiny_lm),
+            "maxTokens": 8,
+            "pairing": "tournament",
+            "temperature": 0.7,
+            "maxRepeats": 1,
+        },
+    )
+    j = load_judge(spec, engine=Generation(enforce_eager=True))
+    batches: list[tuple[int, int, float]] = []  # (seed, prompts, temperature)
+    real = j.generator.generate
+
+    def spy_generate(prompts, **kw):
+        batches.append((kw["seed"], len(prompts), kw["temperature"]))
+        return real(prompts, **kw)
+
+    j.generator.generate = spy_generate
+    try:
+        j.score_groups([[item(r) for r in RESPONSES]])
+    finally:
+        j.close()
+    # an untrained judge writes no verdict: every match is level, so every match is replayed
+    assert len(j.battles) == 4 * 2 * 2  # 4 matches (K=4), both orders, one repeat each
+    assert all(t == 0.7 for _, _, t in batches) and len(batches) >= 4
+    seeds = [s for s, _, _ in batches]
+    assert seeds == [sum(n for _, n, _ in batches[:i]) for i in range(len(batches))]
 
 
 # --------------------------------------------------------------------------- endpoint judge

@@ -80,6 +80,21 @@ def test_prepare_names_the_malformed_line(tmp_path, tiny_lm):
     assert not (tmp_path / "run" / "data").exists()
 
 
+def test_prepare_names_the_line_without_a_reference(tmp_path, tiny_lm):
+    ds = write_dataset(tmp_path / "ds.jsonl")
+    lines = ds.read_text().splitlines()
+    row = json.loads(lines[3])
+    del row["answer"]
+    lines[3] = json.dumps(row)
+    ds.write_text("\n".join(lines) + "\n")
+    spec = tiny_spec(tiny_lm, ds)
+    spec["dataset"]["referenceField"] = "answer"
+    p = phase(tmp_path / "run", "prepare", 0, "--spec", json.dumps(spec), check=False)
+    assert p.returncode == EXIT_BAD_INPUT
+    assert f"{ds}:4: field 'answer' (dataset.referenceField) must be a non-empty" in p.stderr
+    assert not (tmp_path / "run" / "data").exists()
+
+
 def test_prepare_says_how_many_instructions_are_needed(tmp_path, tiny_lm):
     ds = write_dataset(tmp_path / "ds.jsonl", n=10)
     p = phase(

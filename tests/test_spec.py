@@ -135,6 +135,37 @@ def test_round_trip_through_wire_form():
             "2",
         ),
         ({"storage": {"template": {"size": "lots"}}}, "spec.storage.template.size", "quantity"),
+        (
+            {
+                "dataset__referenceField": "answer",
+                "judge": {
+                    "type": "pairwise",
+                    "pairwise": {"path": "/j", "template": "{instruction}"},
+                },
+            },
+            "spec",
+            "judge.pairwise.template: dataset.referenceField is set but the template has no",
+        ),
+        (
+            {"judge": {"type": "pairwise", "pairwise": {"path": "/j", "maxRepeats": 1}}},
+            "spec.judge.pairwise",
+            "maxRepeats needs pairing 'tournament'",
+        ),
+        (
+            {
+                "judge": {
+                    "type": "pairwise",
+                    "pairwise": {"path": "/j", "pairing": "tournament", "maxRepeats": 1},
+                }
+            },
+            "spec.judge.pairwise",
+            "needs temperature > 0: a greedy judge gives the same verdict again",
+        ),
+        (
+            {"judge": {"type": "pairwise", "pairwise": {"path": "/j", "template": "{reference}"}}},
+            "spec",
+            "uses {reference} but dataset.referenceField is not set",
+        ),
     ],
 )
 def test_bad_input_one_clear_message(changes, path, words):

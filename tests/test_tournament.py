@@ -76,6 +76,9 @@ def test_any_judge_terminates_and_never_chooses_an_invalid_sample(valid, seed, r
         assert worst is not None and worst != best
     scores = t.scores()
     assert [s is None for s in scores] == [not v for v in valid]
+    if not t.decisive:  # every match level: no preference among the valid samples
+        assert len({s for s in scores if s is not None}) <= 1
+        return
     if best is not None and n_valid >= 2:
         top = max(s for s in scores if s is not None)
         assert scores[best] == top and scores.count(top) == 1
@@ -92,6 +95,30 @@ def test_disagreeing_orders_are_repeated_then_settled_by_evidence():
     assert t.matches == minmax_bound(4)
     assert t.calls == 2 * 3 * minmax_bound(4)  # both orders x (1 + 2 repeats) each
     assert (t.best(), t.worst()) == (0, 3)
+
+
+def test_a_tie_stated_in_both_orders_is_not_replayed_but_no_verdict_is():
+    t = MinMaxTournament(4, max_repeats=2)
+    run_tournaments([t], lambda jobs: [0.5] * len(jobs))
+    assert t.calls == 2 * minmax_bound(4) and t.best() is not None and t.worst() is not None
+    assert t.scores() == [0.0] * 4  # no verdict decided anything: no preference to hand on
+    t = MinMaxTournament(4, max_repeats=2)
+    run_tournaments([t], lambda jobs: [None] * len(jobs))
+    assert t.calls == 2 * 3 * minmax_bound(4)  # errors only: replayed like a contradiction
+
+
+def test_one_decided_match_is_enough_to_hand_on_best_and_worst():
+    """Samples 0-2 tie with each other; sample 3 loses every match it plays."""
+    t = MinMaxTournament(4, valid=[True, True, True, True])
+    run_tournaments(
+        [t], lambda jobs: [0.0 if a == 3 else 1.0 if b == 3 else 0.5 for _, a, b in jobs]
+    )
+    s = t.scores()
+    assert t.decisive >= 1 and s.index(min(s)) == 3 and max(s) > s[3]
+    # a parse failure is the rejected one; all-level matches among the rest give equal scores
+    t = MinMaxTournament(3, valid=[True, True, False])
+    run_tournaments([t], lambda jobs: [0.5] * len(jobs))
+    assert t.scores() == [0.0, 0.0, None] and t.worst() == 2
 
 
 def test_repeat_resolves_a_position_biased_first_attempt():

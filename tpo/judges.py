@@ -49,6 +49,24 @@ DEFAULT_PAIRWISE_TEMPLATE = (
     "[The Start of Assistant B's Answer]\n{response_b}\n[The End of Assistant B's Answer]"
 )
 
+# MT-Bench's reference-guided pairwise prompt (pair-math-v1), for dataset.referenceField.
+DEFAULT_REFERENCE_PAIRWISE_TEMPLATE = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two "
+    "AI assistants to the user question displayed below. Your evaluation should consider "
+    "correctness and helpfulness. You will be given a reference answer, assistant A's answer, "
+    "and assistant B's answer. Your job is to evaluate which assistant's answer is better. "
+    "Begin your evaluation by comparing both assistants' answers with the reference answer. "
+    "Identify and correct any mistakes. Do not let the order in which the responses were "
+    "presented, their length or the assistants' names influence your evaluation. Be as "
+    "objective as possible. Briefly explain your evaluation, then end with your verdict in "
+    'exactly this format: "[[A]]" if assistant A is better, "[[B]]" if assistant B is better, '
+    'and "[[C]]" for a tie.\n\n'
+    "[User Question]\n{instruction}\n\n"
+    "[The Start of Reference Answer]\n{reference}\n[The End of Reference Answer]\n\n"
+    "[The Start of Assistant A's Answer]\n{response_a}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{response_b}\n[The End of Assistant B's Answer]"
+)
+
 DEFAULT_POINTWISE_TEMPLATE = (
     "Please act as an impartial judge and evaluate the quality of the response provided by an "
     "AI assistant to the user question displayed below. Consider helpfulness, relevance, "
@@ -107,13 +125,30 @@ def parse_rating(text: str | None, low: float = 1.0, high: float = 10.0) -> floa
     return value if low <= value <= high else None
 
 
-def pairwise_prompt(template: str, instruction: str, a: str, b: str) -> str:
-    # replace, not format: responses and instructions may hold braces.
+def pairwise_prompt(
+    template: str, instruction: str, a: str, b: str, reference: str | None = None
+) -> str:
+    # replace, not format: responses and instructions may hold braces. The reference goes in
+    # first, so a response that quotes "{reference}" is shown as written.
+    if reference is not None:
+        template = template.replace("{reference}", reference)
     return (
         template.replace("{instruction}", instruction)
         .replace("{response_a}", a)
         .replace("{response_b}", b)
     )
+
+
+def reference_of(item: JudgeItem, field_name: str | None) -> str | None:
+    """The record's reference answer (prepare checked that every line has one)."""
+    if not field_name:
+        return None
+    value = item.record.get(field_name)
+    if value is None:
+        raise BadInput(
+            f"dataset.referenceField {field_name!r}: missing in the record of {item.instruction!r}"
+        )
+    return str(value)
 
 
 def pointwise_prompt(instruction: str, response: str) -> str:
@@ -255,9 +290,16 @@ class PairwiseCore:
         template: str | None,
         both_orders: bool = True,
         pairing: str = "round-robin",
+        reference_field: str | None = None,
+        max_repeats: int = 0,
     ):
         self.complete = complete
-        self.template = template or DEFAULT_PAIRWISE_TEMPLATE
+        default = (
+            DEFAULT_REFERENCE_PAIRWISE_TEMPLATE if reference_field else DEFAULT_PAIRWISE_TEMPLATE
+        )
+        self.template = template or default
+        self.reference_field = reference_field
+        self.max_repeats = max_repeats
         self.both_orders = both_orders
         self.pairing = pairing
         self.battles: list[dict] = []
@@ -266,7 +308,13 @@ class PairwiseCore:
 
     def _verdicts(self, jobs: Sequence[tuple[JudgeItem, JudgeItem]]) -> list[float | None]:
         prompts = [
-            pairwise_prompt(self.template, a.instruction, a.response or "", b.response or "")
+            pairwise_prompt(
+                self.template,
+                a.instruction,
+                a.response or "",
+                b.response or "",
+                reference_of(a, self.reference_field),
+            )
             for a, b in jobs
         ]
         replies = self.complete(prompts) if prompts else []
@@ -301,14 +349,15 @@ class PairwiseCore:
 
     def _tournament(self, groups: Sequence[Sequence[JudgeItem]]) -> list[list[float | None]]:
         """Min/max brackets (tpo.tournament): ~3K/2 matches instead of K(K-1)/2, one batch per
-        round across all prompts. The judge is greedy, so a level match is not replayed."""
+        round across all prompts. A level match is replayed `max_repeats` times: only a judge
+        that samples (temperature > 0) can give it a different verdict."""
         from tpo.tournament import MinMaxTournament, run_tournaments
 
         tours = [
             MinMaxTournament(
                 len(g),
                 both_orders=self.both_orders,
-                max_repeats=0,
+                max_repeats=self.max_repeats,
                 valid=[it.response is not None for it in g],
             )
             for g in groups
@@ -362,10 +411,14 @@ def elo_scores(items: Sequence[JudgeItem], battles: Sequence[dict]) -> list[floa
 
 
 class VllmPairwiseJudge:
-    """The pairwise judge on a local vLLM engine (greedy verdicts)."""
+    """The pairwise judge on a local vLLM engine (greedy verdicts unless `temperature`)."""
 
     def __init__(
-        self, cfg: S.PairwiseJudge, generator: Any | None = None, engine: S.Generation | None = None
+        self,
+        cfg: S.PairwiseJudge,
+        generator: Any | None = None,
+        engine: S.Generation | None = None,
+        reference_field: str | None = None,
     ):
         self.cfg = cfg
         self.generator = generator or self._load(cfg, engine)
@@ -374,7 +427,10 @@ class VllmPairwiseJudge:
             template=cfg.template,
             both_orders=cfg.both_orders,
             pairing=cfg.pairing,
+            reference_field=reference_field,
+            max_repeats=cfg.max_repeats,
         )
+        self._sent = 0  # prompts sent so far: the next batch's seed, so no draw repeats
 
     @staticmethod
     def _load(cfg: S.PairwiseJudge, engine: S.Generation | None) -> Any:
@@ -399,11 +455,12 @@ class VllmPairwiseJudge:
         outs = self.generator.generate(
             [prompts[i] for i in fits],
             n=1,
-            temperature=0.0,
+            temperature=self.cfg.temperature,
             top_p=1.0,
             max_tokens=self.cfg.max_tokens,
-            seed=0,
+            seed=self._sent,  # prompt i of this batch samples with seed _sent + i
         )
+        self._sent += len(fits)
         replies: list[str | None] = [None] * len(prompts)
         for i, o in zip(fits, outs, strict=True):
             replies[i] = o[0].text
@@ -519,9 +576,17 @@ class EndpointPointwiseJudge(PointwiseJudge):
 
 
 class EndpointPairwiseJudge:
-    def __init__(self, endpoint: ChatEndpoint, *, template: str | None = None):
+    def __init__(
+        self,
+        endpoint: ChatEndpoint,
+        *,
+        template: str | None = None,
+        reference_field: str | None = None,
+    ):
         self.endpoint = endpoint
-        self.core = PairwiseCore(endpoint.complete, template=template, both_orders=True)
+        self.core = PairwiseCore(
+            endpoint.complete, template=template, both_orders=True, reference_field=reference_field
+        )
 
     @property
     def battles(self) -> list[dict]:
@@ -586,15 +651,20 @@ def model_location(ref: S.ModelRef, what: str) -> str:
 
 
 def load_judge(
-    judge: S.Judge, *, env: Mapping[str, str] = os.environ, engine: S.Generation | None = None
+    judge: S.Judge,
+    *,
+    env: Mapping[str, str] = os.environ,
+    engine: S.Generation | None = None,
+    reference_field: str | None = None,
 ) -> Judge:
-    """`engine`: the run's generation settings, for a local vLLM judge's pod-level options."""
+    """`engine`: the run's generation settings, for a local vLLM judge's pod-level options;
+    `reference_field`: dataset.referenceField, which pairwise judges show as the reference."""
     if judge.type == "rewardModel":
         assert judge.reward_model is not None
         return RewardModelJudge(judge.reward_model)
     if judge.type == "pairwise":
         assert judge.pairwise is not None
-        return VllmPairwiseJudge(judge.pairwise, engine=engine)
+        return VllmPairwiseJudge(judge.pairwise, engine=engine, reference_field=reference_field)
     if judge.type == "endpoint":
         cfg = judge.endpoint
         assert cfg is not None
@@ -605,6 +675,8 @@ def load_judge(
                 "(is the secret key present?)"
             )
         ep = ChatEndpoint(cfg, key)
-        return EndpointPairwiseJudge(ep) if cfg.mode == "pairwise" else EndpointPointwiseJudge(ep)
+        if cfg.mode == "pairwise":
+            return EndpointPairwiseJudge(ep, reference_field=reference_field)
+        return EndpointPointwiseJudge(ep)
     assert judge.programmatic is not None
     return ProgrammaticJudge(judge.programmatic)

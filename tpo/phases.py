@@ -288,6 +288,13 @@ def prepare(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: in
         seen.add(text)
         pid = str(obj.get(ds.id_field)) if ds.id_field and ds.id_field in obj else f"L{lineno}"
         category = obj.get(ds.category_field) if ds.category_field else None
+        if ds.reference_field:
+            ref = obj.get(ds.reference_field)
+            if isinstance(ref, bool) or not isinstance(ref, (str, int, float)) or not str(ref):
+                raise BadInput(
+                    f"{path}:{lineno}: field {ds.reference_field!r} (dataset.referenceField) "
+                    f"must be a non-empty string or number, got {ref!r}"
+                )
         records.append({"prompt_id": pid, "instruction": text, "category": category, "record": obj})
     ids = [r["prompt_id"] for r in records]
     if len(set(ids)) != len(ids):
@@ -468,7 +475,7 @@ def judge(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int)
         ]
         for pid in mine
     ]
-    j = load_judge(spec.judge, engine=spec.generation)
+    j = load_judge(spec.judge, engine=spec.generation, reference_field=spec.dataset.reference_field)
     try:
         raw = j.score_groups(items)
     finally:
@@ -693,7 +700,7 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         base = _baseline(spec, run, prompts)
     other, note = _other_arm(spec, run, iteration, prompts)
     min_n = spec.evaluation.min_category_prompts
-    j = load_judge(spec.judge, engine=spec.generation)
+    j = load_judge(spec.judge, engine=spec.generation, reference_field=spec.dataset.reference_field)
     try:
         outcomes = _compare(j, JudgeItem, prompts, cand, base)
         cand_score = _pointwise_mean(spec, j, JudgeItem, prompts, cand)

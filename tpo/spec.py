@@ -124,6 +124,11 @@ class Dataset(Model):
     category_field: str | None = Field(
         None, description="Field with the instruction's category (per-category win rates)."
     )
+    reference_field: str | None = Field(
+        None,
+        description="Field with a reference answer, shown to pairwise judges (MT-Bench's "
+        "reference-guided judging, for math, reasoning and code); never shown to the policy.",
+    )
     prompts_per_iteration: int = Field(
         5000, ge=1, description="New instructions per iteration (paper: 5,000)."
     )
@@ -246,6 +251,26 @@ class PairwiseJudge(ModelRef):
     )
     both_orders: bool = Field(True, description="Judge every pair in both orders (position bias).")
     max_tokens: int = Field(512, ge=1, description="Max tokens of the judge's verdict.")
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="Judge sampling temperature; 0 = greedy verdicts."
+    )
+    max_repeats: int = Field(
+        0,
+        ge=0,
+        le=4,
+        description="tournament: replay a match whose verdicts cancel out (the two orders "
+        "disagree, or a tie) up to N times, each with fresh samples; needs temperature > 0.",
+    )
+
+    @model_validator(mode="after")
+    def _repeats(self) -> PairwiseJudge:
+        if self.max_repeats and self.pairing != "tournament":
+            raise ValueError("maxRepeats needs pairing 'tournament' (round-robin plays every pair)")
+        if self.max_repeats and self.temperature == 0:
+            raise ValueError(
+                "maxRepeats needs temperature > 0: a greedy judge gives the same verdict again"
+            )
+        return self
 
 
 class EndpointJudge(Model):
@@ -543,6 +568,26 @@ class TPORunSpec(Model):
             raise ValueError(
                 f"generation.thoughtBudget ({g.thought_budget}) must be below "
                 f"generation.maxTokens ({g.max_tokens}): the response needs tokens too"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _reference(self) -> TPORunSpec:
+        """A reference the template never shows, or a {reference} with nothing to fill it,
+        is a mistake the judge would silently carry through a whole run."""
+        p = self.judge.pairwise
+        template = p.template if p is not None else None
+        if template is None:
+            return self
+        has_ref = "{reference}" in template
+        if self.dataset.reference_field and not has_ref:
+            raise ValueError(
+                "judge.pairwise.template: dataset.referenceField is set but the template has "
+                "no {reference}"
+            )
+        if has_ref and not self.dataset.reference_field:
+            raise ValueError(
+                "judge.pairwise.template: uses {reference} but dataset.referenceField is not set"
             )
         return self
 
