@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from tpo import artifacts as A
-from tpo.judges import DEFAULT_PAIRWISE_TEMPLATE, pairwise_prompt, parse_verdict
+from tpo.judges import (
+    DEFAULT_PAIRWISE_TEMPLATE,
+    DEFAULT_REFERENCE_PAIRWISE_TEMPLATE,
+    pairwise_prompt,
+    parse_verdict,
+)
 from tpo.tiny import judge_model as J
 from tpo.tiny import task
 
@@ -33,17 +38,24 @@ def test_rows_are_the_judge_prompt_with_the_task_judges_label_in_both_orders():
     assert {1.0, 0.1, 0.0} <= set(kinds)  # right, wrong and no answer all occur
     assert any(len(r["a"]) > task.MAX_RESPONSE_CHARS for r in rows)  # rambling ones too
 
-    sft = J.sft_rows(rows[:50])
-    for r, s in zip(rows[:50], sft, strict=True):
-        user = s["prompt"][0]["content"]
-        rec = r["record"]
+    # Reference-guided (the default): the task's answer is the reference, and the reply checks
+    # each answer against it. Without: the answer appears nowhere but in a right response.
+    for r, s in zip(rows[:50], J.sft_rows(rows[:50]), strict=True):
+        rec, user = r["record"], s["prompt"][0]["content"]
+        tmpl = DEFAULT_REFERENCE_PAIRWISE_TEMPLATE
+        assert user == pairwise_prompt(tmpl, rec["instruction"], r["a"], r["b"], rec["answer"])
+        reply = s["completion"][0]["content"]
+        assert parse_verdict(reply) == r["label"]  # the marker parse_verdict reads, last
+        right = [task.extract_answer(x) == rec["answer"] for x in (r["a"], r["b"])]
+        assert [", right." in part for part in reply.split("B: ")] == right
+    for r, s in zip(rows[:50], J.sft_rows(rows[:50], reference=False), strict=True):
+        rec, user = r["record"], s["prompt"][0]["content"]
         assert user == pairwise_prompt(
             DEFAULT_PAIRWISE_TEMPLATE, rec["instruction"], r["a"], r["b"]
         )
         if rec["answer"] not in r["a"] + r["b"]:
             assert rec["answer"] not in user.split("[User Question]")[1].split("?")[-1]
-        reply = s["completion"][0]["content"]
-        assert parse_verdict(reply) == r["label"]  # the marker parse_verdict reads, last
+        assert parse_verdict(s["completion"][0]["content"]) == r["label"]
 
 
 def test_training_never_sees_the_heldout_or_tpo_instructions():
@@ -106,7 +118,12 @@ def _samples_run(tmp_path: Path, judge_dir: Path, prompts: int) -> Path:
     A.write_jsonl(ds, recs)
     spec = {
         "model": {"path": str(judge_dir / "model")},  # never loaded: generate is done by hand
-        "dataset": {"path": str(ds), "promptsPerIteration": prompts, "evalPrompts": 1},
+        "dataset": {
+            "path": str(ds),
+            "promptsPerIteration": prompts,
+            "evalPrompts": 1,
+            "referenceField": J.REFERENCE_FIELD,  # the judge is reference-guided (default)
+        },
         "iterations": 1,
         "generation": {"samples": K, "enforceEager": True},
         "judge": {

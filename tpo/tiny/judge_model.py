@@ -12,10 +12,14 @@ each assistant's answer) and the verdict marker `tpo.judges.parse_verdict` reads
 "[[B]]", "[[C]]" for a tie), labelled by the programmatic task judge (`tpo.tiny.task.judge`),
 each pair in both presentation orders.
 
-The judge is never given the reference answer: it must compute it, and at ~1 M parameters it
-often cannot, so it is a genuinely imperfect judge. Its accuracy against the programmatic judge
-on held-out pairs is measured at build time (greedy, through the project's transformers
-generator) and kept in `stamp.json`.
+By default the judge is reference-guided, as MT-Bench judges math: the run sets
+`dataset.referenceField: answer`, the judge prompt (`DEFAULT_REFERENCE_PAIRWISE_TEMPLATE`) shows
+the task's answer, and the judge names each assistant's answer and whether it matches. Without
+the reference (`reference=False`) it must work the problem out with the scratchpad first; at
+~1 M parameters it mostly cannot (right on 14% of the decided real pairs of a K=8 round-robin,
+`[[C]]` for 79% of them), a judge too weak to measure a pairing scheme with. Either way its
+accuracy against the programmatic judge on held-out pairs is measured at build time (greedy,
+through the project's transformers generator) and kept in `stamp.json`.
 
 The template's fixed prose is added to the seed's tokenizer as one token per piece (new
 embedding rows): with the seed's 512-token BPE it is ~600 tokens, more than the seed's context.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import random
 import re
@@ -77,9 +82,11 @@ class JudgeBuildConfig:
     # 0.34-0.45 right on decided held-out pairs, [[C]] for 66-76% of all pairs.
     from_seed: bool = True
     explain: bool = True  # reason before the verdict (the template asks for it)
+    # Show the task's answer as the reference (a run sets dataset.referenceField: answer).
+    reference: bool = True
     pairs: int = 4000  # distinct candidate pairs; each is shown in both orders
     heldout_pairs: int = 200  # for the accuracy in the stamp, on instructions never trained on
-    epochs: float = 1.0
+    epochs: float = 3.0
     batch_size: int = 32
     learning_rate: float = 2e-3
     hidden: int = 128
@@ -98,6 +105,13 @@ class JudgeBuildConfig:
     # whenever unsure: 66-76% of their verdicts, 0.25-0.45 right on decided pairs.
     keep_ties: float = 0.3
 
+    def template(self) -> str:
+        from tpo import judges
+
+        if self.reference:
+            return judges.DEFAULT_REFERENCE_PAIRWISE_TEMPLATE
+        return judges.DEFAULT_PAIRWISE_TEMPLATE
+
     def digest(self, seed_dir: Path | None = None) -> str:
         """Parameters, code, template; with `from_seed`, the seed's own stamp digest too."""
         from tpo import judges
@@ -108,7 +122,7 @@ class JudgeBuildConfig:
             for m in (task, seed, sys.modules[__name__])
         )
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True) + code
-        blob += judges.DEFAULT_PAIRWISE_TEMPLATE + judges._VERDICT.pattern
+        blob += self.template() + judges._VERDICT.pattern
         if self.from_seed:
             stamp = Path(seed_dir or SEED_DIR) / "stamp.json"
             blob += stamp.read_text() if stamp.exists() else "no seed yet"
@@ -185,12 +199,18 @@ def judge_pairs(
     return rows
 
 
-def prompt_text(row: dict[str, Any], template: str | None = None) -> str:
-    """The judge prompt exactly as the pairwise judge renders it."""
-    from tpo.judges import DEFAULT_PAIRWISE_TEMPLATE, pairwise_prompt
+REFERENCE_FIELD = "answer"  # the tiny dataset's field a run names as dataset.referenceField
 
+
+def prompt_text(row: dict[str, Any], reference: bool = True) -> str:
+    """The judge prompt exactly as the pairwise judge renders it (its default templates)."""
+    from tpo.judges import JudgeItem, PairwiseCore, pairwise_prompt, reference_of
+
+    field = REFERENCE_FIELD if reference else None
+    core = PairwiseCore(lambda p: [], template=None, reference_field=field)
+    item = JudgeItem(row["record"]["instruction"], row["a"], row["record"])
     return pairwise_prompt(
-        template or DEFAULT_PAIRWISE_TEMPLATE, row["record"]["instruction"], row["a"], row["b"]
+        core.template, item.instruction, row["a"], row["b"], reference_of(item, field)
     )
 
 
@@ -201,26 +221,49 @@ def _said(response: str) -> str:
     return f"{got if got is not None else 'none'}{long}"
 
 
-def explanation(row: dict[str, Any]) -> str:
-    """The judge's reasoning before its verdict: it works the problem out itself (the task's
-    scratchpad: it is never given the answer), then names what each assistant answered."""
+def _checked(response: str, answer: str) -> str:
+    """What a response commits to, checked against the reference digit by digit: each digit
+    next to the reference's ("_" past the end) and "=" or "x". A 4-layer model that copies
+    digits well cannot tell 1870 from 1879 in one step (one build said "right" to most
+    near-misses); one adjacent pair at a time it can."""
+    got = task.extract_answer(response)
+    if got is None:
+        return f"{_said(response)}, none"
+    pairs = " ".join(
+        f"{g}{r}{'=' if g == r else 'x'}"
+        for g, r in itertools.zip_longest(got, answer, fillvalue="_")
+    )
+    return f"{_said(response)}: {pairs}, {'right' if got == answer else 'wrong'}"
+
+
+def explanation(row: dict[str, Any], reference: bool = True) -> str:
+    """The judge's reasoning before its verdict. With the reference: each assistant's answer
+    checked against it (`_checked`). Without: it works the problem out itself (the task's
+    scratchpad), then names what each assistant answered."""
     rec = row["record"]
+    if reference:
+        ans = rec["answer"]
+        return f"A: {_checked(row['a'], ans)}. B: {_checked(row['b'], ans)}."
     cat, ops = task.parse_problem(rec["instruction"])
     pad, _ = task.scratchpad(cat, ops)
     return f"{pad} A: {_said(row['a'])}. B: {_said(row['b'])}."
 
 
-def completion_text(row: dict[str, Any], explain: bool = True) -> str:
+def completion_text(row: dict[str, Any], explain: bool = True, reference: bool = True) -> str:
     verdict = VERDICTS[row["label"]]
-    return f"{explanation(row)} {verdict}" if explain else verdict
+    return f"{explanation(row, reference)} {verdict}" if explain else verdict
 
 
-def sft_rows(rows: Sequence[dict[str, Any]], explain: bool = True) -> list[dict[str, Any]]:
+def sft_rows(
+    rows: Sequence[dict[str, Any]], explain: bool = True, reference: bool = True
+) -> list[dict[str, Any]]:
     """Conversational prompt/completion rows: TRL applies the chat template, loss on the reply."""
     return [
         {
-            "prompt": [{"role": "user", "content": prompt_text(r)}],
-            "completion": [{"role": "assistant", "content": completion_text(r, explain)}],
+            "prompt": [{"role": "user", "content": prompt_text(r, reference)}],
+            "completion": [
+                {"role": "assistant", "content": completion_text(r, explain, reference)}
+            ],
         }
         for r in rows
     ]
@@ -229,17 +272,13 @@ def sft_rows(rows: Sequence[dict[str, Any]], explain: bool = True) -> list[dict[
 # --------------------------------------------------------------------------- tokenizer
 
 
-def template_pieces(template: str | None = None) -> list[str]:
+def template_pieces(template: str) -> list[str]:
     """The template's fixed text between its placeholders."""
-    from tpo.judges import DEFAULT_PAIRWISE_TEMPLATE
-
-    parts = re.split(
-        r"\{instruction\}|\{response_a\}|\{response_b\}", template or DEFAULT_PAIRWISE_TEMPLATE
-    )
+    parts = re.split(r"\{instruction\}|\{response_a\}|\{response_b\}|\{reference\}", template)
     return [p for p in parts if p]
 
 
-def _from_seed(seed_model: Path, model_dir: Path):
+def _from_seed(seed_model: Path, model_dir: Path, template: str):
     """The seed's weights and tokenizer, plus one token per fixed piece of the judge template:
     with the seed's 512-token BPE the template alone is ~600 tokens, more than its context; as
     added tokens (new embedding rows) a judge prompt is ~50 tokens and reads the same text."""
@@ -247,7 +286,8 @@ def _from_seed(seed_model: Path, model_dir: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(seed_model)
-    tok.add_tokens([AddedToken(p, normalized=False, special=False) for p in template_pieces()])
+    pieces = template_pieces(template)
+    tok.add_tokens([AddedToken(p, normalized=False, special=False) for p in pieces])
     model = AutoModelForCausalLM.from_pretrained(seed_model, dtype="float32")
     model.resize_token_embeddings(len(tok), mean_resizing=True)
     model.save_pretrained(model_dir, safe_serialization=True)
@@ -289,7 +329,9 @@ def accuracy(rows: Sequence[dict[str, Any]], verdicts: Sequence[float | None]) -
     )
 
 
-def greedy_verdicts(model_dir: Path, rows: Sequence[dict[str, Any]]) -> list[float | None]:
+def greedy_verdicts(
+    model_dir: Path, rows: Sequence[dict[str, Any]], reference: bool = True
+) -> list[float | None]:
     """Verdicts through the project's transformers generator (the same chat template and
     prompt ids as the vLLM judge), greedy as `VllmPairwiseJudge` samples them."""
     from tpo.generate import TransformersGenerator
@@ -300,7 +342,7 @@ def greedy_verdicts(model_dir: Path, rows: Sequence[dict[str, Any]]) -> list[flo
     gen.batch_prompts = 64
     try:
         outs = gen.generate(
-            [prompt_text(r) for r in rows],
+            [prompt_text(r, reference) for r in rows],
             n=1,
             temperature=0.0,
             top_p=1.0,
@@ -358,11 +400,11 @@ def build(
         return out / "model"
     started = time.monotonic()
     train = train_rows(cfg)
-    rows = sft_rows(train, cfg.explain)
+    rows = sft_rows(train, cfg.explain, cfg.reference)
     random.Random(cfg.seed).shuffle(rows)
     with A.atomic_dir(out / "model") as model_dir:
         if cfg.from_seed:
-            tok = _from_seed(seed_dir / "model", model_dir)
+            tok = _from_seed(seed_dir / "model", model_dir, cfg.template())
         else:
             corpus = [
                 r["prompt"][0]["content"] + "\n" + r["completion"][0]["content"] for r in rows
@@ -382,8 +424,8 @@ def build(
         shutil.rmtree(work, ignore_errors=True)
         trained = time.monotonic() - started
         held = heldout_rows(cfg)
-        acc = accuracy(held, greedy_verdicts(model_dir, held))
-        prompt_tokens = len(tok(prompt_text(held[0]))["input_ids"])
+        acc = accuracy(held, greedy_verdicts(model_dir, held, cfg.reference))
+        prompt_tokens = len(tok(prompt_text(held[0], cfg.reference))["input_ids"])
     A.write_json(
         out / "stamp.json",
         {
