@@ -112,7 +112,7 @@ def rigged(prefer_longer: bool = True, garbage_every: int = 0):
         out = []
         for p in prompts:
             calls.append(p)
-            a = re.search(r"Answer\]\n(.*?)\n\[The End of Assistant A", p, re.S).group(1)
+            a = re.search(r"A's Answer\]\n(.*?)\n\[The End of Assistant A", p, re.S).group(1)
             b = re.search(r"B's Answer\]\n(.*?)\n\[The End of Assistant B", p, re.S).group(1)
             if garbage_every and len(calls) % garbage_every == 0:
                 out.append("I cannot decide, sorry.")
@@ -395,6 +395,24 @@ def test_endpoint_pairwise_and_pointwise(fake_server, caplog):
     assert pw.compare([(item("abcdefgh"), item("ab"))]) == [1.0]
     assert "Authorization" not in fake_server.requests[-1][0]
     assert "sk-test-secret-123" not in caplog.text
+
+
+def test_endpoint_tournament_pairing_sampled_with_a_reference(fake_server):
+    """A hosted judge gets the same pairing options: the tournament sends fewer requests and
+    finds the longest and shortest; temperature and the reference reach the request."""
+    url = f"http://127.0.0.1:{fake_server.server_port}/v1"
+    cfg = endpoint(url, pairing="tournament", temperature=0.5, maxRepeats=1)
+    j = load_judge(cfg, env={}, reference_field="answer")
+    resp = [*RESPONSES, "x" * 50, "y", "mid mid mid"]
+    items = [JudgeItem("Say something.", r, {"thought": THOUGHT, "answer": "42"}) for r in resp]
+    (g,) = j.score_groups([items])
+    lens = [len(r) for r in resp]
+    assert g.index(max(g)) == lens.index(max(lens)) and g.index(min(g)) == lens.index(min(lens))
+    bodies = [b for _, b in fake_server.requests]
+    assert 0 < len(bodies) <= 2 * 10 < 7 * 6  # Pohl's bound for 7 samples, both orders
+    assert all(b["temperature"] == 0.5 for b in bodies)
+    prompts = [b["messages"][-1]["content"] for b in bodies]
+    assert all("Reference Answer]\n42\n" in p and THOUGHT not in p for p in prompts)
 
 
 def test_endpoint_retries_transient_errors(fake_server):

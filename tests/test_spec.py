@@ -162,6 +162,21 @@ def test_round_trip_through_wire_form():
             "needs temperature > 0: a greedy judge gives the same verdict again",
         ),
         (
+            {
+                "judge": {
+                    "type": "endpoint",
+                    "endpoint": {
+                        "url": "https://j.example/v1",
+                        "model": "j",
+                        "mode": "pointwise",
+                        "pairing": "tournament",
+                    },
+                }
+            },
+            "spec.judge.endpoint",
+            "pairing and maxRepeats need mode 'pairwise'",
+        ),
+        (
             {"judge": {"type": "pairwise", "pairwise": {"path": "/j", "template": "{reference}"}}},
             "spec",
             "uses {reference} but dataset.referenceField is not set",

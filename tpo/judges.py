@@ -504,7 +504,7 @@ class ChatEndpoint:
         body = {
             "model": self.cfg.model,
             "messages": [{"role": "user", "content": prompt}],
-            "temperature": 0.0,
+            "temperature": self.cfg.temperature,
             "max_tokens": self.max_tokens,
         }
         req = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST")
@@ -584,8 +584,14 @@ class EndpointPairwiseJudge:
         reference_field: str | None = None,
     ):
         self.endpoint = endpoint
+        cfg = endpoint.cfg
         self.core = PairwiseCore(
-            endpoint.complete, template=template, both_orders=True, reference_field=reference_field
+            endpoint.complete,
+            template=template,
+            both_orders=cfg.both_orders,
+            pairing=cfg.pairing,
+            reference_field=reference_field,
+            max_repeats=cfg.max_repeats,
         )
 
     @property

@@ -240,17 +240,14 @@ class RewardModelJudge(ModelRef):
     )
 
 
-class PairwiseJudge(ModelRef):
-    template: str | None = Field(
-        None,
-        description="Judge prompt with {instruction}, {response_a}, {response_b}; "
-        "default built in.",
-    )
+class Pairing(Model):
+    """How a pairwise judge spends its calls (docs/pairwise-judging.md): the local vLLM judge
+    and a hosted endpoint offer the same choices."""
+
     pairing: Literal["round-robin", "tournament"] = Field(
         "round-robin", description="round-robin: all pairs (paper); tournament: min/max bracket."
     )
     both_orders: bool = Field(True, description="Judge every pair in both orders (position bias).")
-    max_tokens: int = Field(512, ge=1, description="Max tokens of the judge's verdict.")
     temperature: float = Field(
         0.0, ge=0.0, le=2.0, description="Judge sampling temperature; 0 = greedy verdicts."
     )
@@ -258,12 +255,12 @@ class PairwiseJudge(ModelRef):
         0,
         ge=0,
         le=4,
-        description="tournament: replay a match whose verdicts cancel out (the two orders "
-        "disagree, or a tie) up to N times, each with fresh samples; needs temperature > 0.",
+        description="tournament: replay a match whose two orders contradict each other (or "
+        "that got no verdict) up to N times, with fresh samples; needs temperature > 0.",
     )
 
     @model_validator(mode="after")
-    def _repeats(self) -> PairwiseJudge:
+    def _repeats(self) -> Pairing:
         if self.max_repeats and self.pairing != "tournament":
             raise ValueError("maxRepeats needs pairing 'tournament' (round-robin plays every pair)")
         if self.max_repeats and self.temperature == 0:
@@ -273,7 +270,16 @@ class PairwiseJudge(ModelRef):
         return self
 
 
-class EndpointJudge(Model):
+class PairwiseJudge(ModelRef, Pairing):
+    template: str | None = Field(
+        None,
+        description="Judge prompt with {instruction}, {response_a}, {response_b} (and "
+        "{reference} with dataset.referenceField); default built in.",
+    )
+    max_tokens: int = Field(512, ge=1, description="Max tokens of the judge's verdict.")
+
+
+class EndpointJudge(Pairing):
     url: str = Field(description="OpenAI-compatible base URL, e.g. https://host/v1.")
     model: str = Field(description="Model name sent to the endpoint.")
     api_key_secret_ref: SecretKeyRef | None = Field(
@@ -290,6 +296,12 @@ class EndpointJudge(Model):
         if not re.match(r"^https?://[^\s/]+", v):
             raise ValueError(f"{v!r} is not an http(s) URL")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _pairing_is_pairwise(self) -> EndpointJudge:
+        if self.mode == "pointwise" and (self.pairing != "round-robin" or self.max_repeats):
+            raise ValueError("pairing and maxRepeats need mode 'pairwise'")
+        return self
 
 
 class ProgrammaticJudge(Model):
