@@ -58,6 +58,8 @@ def summary(phase: str, t: int, **extra: Any) -> dict[str, Any]:
             "pairs": 3 + t,
             "skipped_prompts": 1,
             "judge_mean_score": 0.4 + 0.1 * t,
+            "judge_calls_per_prompt": 13.0 + t,
+            "judge_no_verdict": t,
             "rho": 0.25,
             "chosen_mean_tokens": 20.0 + t,
             "rejected_mean_tokens": 30.0,
@@ -119,6 +121,8 @@ def test_observe_run_exposes_the_status():
         assert value("tpo_iteration_eval_parse_failure_ratio", **it) == pytest.approx(0.05)
         assert value("tpo_iteration_length_rho", **it) == 0.25
         assert value("tpo_iteration_judge_mean_score", **it) == pytest.approx(0.4 + 0.1 * t)
+        assert value("tpo_iteration_judge_calls_per_prompt", **it) == 13.0 + t
+        assert value("tpo_iteration_judge_no_verdict", **it) == t
         assert value("tpo_iteration_chosen_tokens", **it) == 20.0 + t
         assert value("tpo_iteration_rejected_tokens", **it) == 30.0
         assert value("tpo_iteration_train_loss", **it) == pytest.approx(0.69 - 0.1 * t)

@@ -137,3 +137,17 @@ def test_judge_shards_merge_into_one_pair_set_for_train(runs, tmp_path, monkeypa
     reseal(run.done("judge", 1, 1), run.scores(1, 1), run.pairs(1, 1))
     with pytest.raises(BadInput, match="duplicated in shard"):
         P.read_pairs(spec, run, 1)
+
+
+def test_pairwise_judge_calls_add_up_and_per_prompt_is_over_all_shards():
+    """Two judge shards of 3 and 4 prompts: calls and no-verdict counts add, the per-prompt cost
+    is over all 7 prompts (not a mean of the shards' own per-prompt figures)."""
+    shards = [
+        {"phase": "judge", "iteration": 1, "shard": 0, "pairs": 3, "skipped_prompts": 0,
+         "judge_calls": 60, "judge_calls_per_prompt": 20.0, "judge_no_verdict": 1},
+        {"phase": "judge", "iteration": 1, "shard": 1, "pairs": 1, "skipped_prompts": 3,
+         "judge_calls": 52, "judge_calls_per_prompt": 13.0, "judge_no_verdict": 0},
+    ]  # fmt: skip
+    merged = merge_shards(shards)
+    assert (merged["judge_calls"], merged["judge_no_verdict"]) == (112, 1)
+    assert merged["judge_calls_per_prompt"] == 16.0  # 112 / 7; a pairs-weighted mean gives 18.25

@@ -704,6 +704,8 @@ class IterationStatus(Model):
     skipped_prompts: int | None = None
     parse_failure_rate: float | None = None
     judge_mean_score: float | None = None
+    judge_calls_per_prompt: float | None = None  # pairwise judges: the pairing's cost
+    judge_no_verdict: int | None = None  # pairwise judges: replies without a verdict
     rho: float | None = None
     chosen_mean_tokens: float | None = None
     rejected_mean_tokens: float | None = None

@@ -26,6 +26,8 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "pairs",
         "skipped_prompts",
         "judge_mean_score",
+        "judge_calls_per_prompt",
+        "judge_no_verdict",
         "rho",
         "chosen_mean_tokens",
         "rejected_mean_tokens",
@@ -56,7 +58,17 @@ _EVAL_OWNS = {"mean_thought_tokens", "mean_response_tokens"}
 _NOT_MERGED = {"phase", "iteration", "shards", "shard", "categories", "model_path", "compare"}
 _NOT_MERGED |= {"thought_budget"}
 # Summed (not averaged) across the shards of a phase.
-_ADDITIVE = {"prompts", "samples", "pairs", "skipped_prompts", "wins", "ties", "losses"}
+_ADDITIVE = {
+    "prompts",
+    "samples",
+    "pairs",
+    "skipped_prompts",
+    "wins",
+    "ties",
+    "losses",
+    "judge_calls",
+    "judge_no_verdict",
+}
 
 
 def merge_shards(summaries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -82,6 +94,9 @@ def merge_shards(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             pairs = [(float(v), w) for v, w in zip(vals, weights, strict=True) if v is not None]
             wsum = sum(w for _, w in pairs) or 1.0
             out[key] = sum(v * w for v, w in pairs) / wsum
+    if out.get("judge_calls") is not None:  # every judged prompt gave a pair or was skipped
+        judged = int(out.get("pairs") or 0) + int(out.get("skipped_prompts") or 0)
+        out["judge_calls_per_prompt"] = round(out["judge_calls"] / max(judged, 1), 2)
     out["shards"] = len(summaries)
     out.pop("shard", None)
     return out

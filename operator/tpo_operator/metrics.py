@@ -109,6 +109,13 @@ ITERATION_GAUGES: dict[str, Gauge] = {
     "judge_mean_score": _g(
         "tpo_iteration_judge_mean_score", "Mean judge score of the training samples."
     ),
+    "judge_calls_per_prompt": _g(
+        "tpo_iteration_judge_calls_per_prompt",
+        "Pairwise judge calls per prompt (round-robin: K(K-1); tournament: about 3K/2 x 2).",
+    ),
+    "judge_no_verdict": _g(
+        "tpo_iteration_judge_no_verdict", "Pairwise judge replies without a verdict."
+    ),
     "train_loss": _g("tpo_iteration_train_loss", "Final DPO training loss."),
     "reward_margin": _g(
         "tpo_iteration_reward_margin", "Final DPO reward margin (chosen - rejected)."
