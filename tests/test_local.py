@@ -106,3 +106,39 @@ def test_yaml_error_names_the_line(tmp_path):
     p = tpo_run(manifest, tmp_path / "out")
     assert p.returncode == EXIT_BAD_INPUT
     assert f"{manifest}:" in p.stderr and "invalid YAML" in p.stderr
+
+
+def test_damage_after_the_runner_checked_a_step_is_redone_then_the_run_goes_on(
+    tmp_path, tiny_lm, monkeypatch, capfd
+):
+    """generate(1)'s samples are cut after the runner found generate done and before judge(1)
+    reads them (the damage is made in that gap; everything else is the real runner and real
+    phase subprocesses): judge exits EXIT_UPSTREAM_DAMAGED, the runner checks every finished
+    step again, generate refuses its own marker and runs again, and the run succeeds."""
+    from tpo import local as L
+
+    ds = write_dataset(tmp_path / "ds.jsonl")
+    doc = {"apiVersion": "tpo.dev/v1alpha1", "kind": "TPORun", "metadata": {"name": "dmg"}}
+    manifest = tmp_path / "run.yaml"
+    manifest.write_text(yaml.safe_dump({**doc, "spec": tiny_spec(tiny_lm, ds, iterations=1)}))
+    _, spec = L.load_manifest(manifest)
+    run = RunDir.of(tmp_path / "out", "default", "dmg")
+    A.write_json(run.spec, spec.dump())
+    real, cut = L.Runner.run_step, []
+
+    def run_step(self, step, index, total):
+        if step[0] == "judge" and not cut:
+            samples = run.samples(1, 0)
+            samples.write_bytes(samples.read_bytes()[: samples.stat().st_size // 2])
+            cut.append(samples)
+        return real(self, step, index, total)
+
+    monkeypatch.setattr(L.Runner, "run_step", run_step)
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    runner = L.Runner(run, spec, quiet=True)
+    assert runner.execute() == 0
+    err = capfd.readouterr().err
+    assert f"{cut[0]}: changed or truncated" in err and "checking every finished phase" in err
+    assert "redoing the phase" in (run.logs / "generate-1.log").read_text()
+    assert runner.status.phase == "Succeeded" and A.read_jsonl(run.pairs(1, 0))
+    assert A.read_done(run.done("generate", 1, 0)) is not None  # whole again

@@ -19,7 +19,7 @@ from tinyrun import tiny_spec, write_dataset
 
 from tpo import artifacts as A
 from tpo.artifacts import RunDir
-from tpo.errors import EXIT_BAD_INPUT, EXIT_CRASH
+from tpo.errors import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_UPSTREAM_DAMAGED
 
 TESTS = Path(__file__).parent
 
@@ -109,6 +109,39 @@ def test_invalid_spec_is_bad_input_naming_the_field(tmp_path, tiny_lm):
     p = phase(tmp_path / "run", "prepare", 0, "--spec", json.dumps(spec), check=False)
     assert p.returncode == EXIT_BAD_INPUT
     assert "spec.generation.samples" in p.stderr
+
+
+def test_a_phase_that_finds_an_earlier_phases_output_damaged_names_it_for_the_operator(
+    prepared, tmp_path
+):
+    """generate(1) finished, then its samples were cut: judge(1) exits EXIT_UPSTREAM_DAMAGED
+    (not bad input, which would fail the run) and its termination message names the step to
+    redo, which the operator reads off the failed pod (tpo_operator.reconcile.observe)."""
+    from tpo_operator.reconcile import observe
+
+    run, _ = prepared
+    phase(run.path, "generate", 1)
+    samples = run.samples(1, 0)
+    samples.write_bytes(samples.read_bytes()[: samples.stat().st_size // 2])
+    term = tmp_path / "termination-log"
+    p = phase(run.path, "judge", 1, env={"TPO_TERMINATION_LOG": str(term)}, check=False)
+    assert p.returncode == EXIT_UPSTREAM_DAMAGED, p.stderr[-2000:]
+    assert f"{samples}: changed or truncated" in p.stderr
+    assert "generate of iteration 1 must be redone first" in p.stderr
+    assert not run.done("judge", 1, 0).exists() and not run.scores(1, 0).exists()
+    message = term.read_text()
+    assert json.loads(message)["upstream_damaged"] == {"phase": "generate", "iteration": 1}
+    labels = {"tpo.dev/run": "t", "tpo.dev/phase": "judge", "tpo.dev/iteration": "1"}
+    job = {"metadata": {"name": "t-judge-1", "labels": labels}, "spec": {}, "status": {
+        "failed": 1, "conditions": [{"type": "Failed", "status": "True"}]}}  # fmt: skip
+    pod = {"metadata": {"name": "t-judge-1-x", "labels": labels}, "status": {
+        "phase": "Failed", "containerStatuses": [{"state": {"terminated": {
+            "exitCode": p.returncode, "message": message}}}]}}  # fmt: skip
+    (seen,) = observe([job], [pod], "t")
+    assert seen.damaged == ("generate", 1) and not seen.bad_input
+    # redoing generate repairs it: the phase refuses its own damaged marker and runs again
+    phase(run.path, "generate", 1)
+    assert phase(run.path, "judge", 1).returncode == 0
 
 
 def test_one_iteration_of_phases_and_done_skip(prepared):

@@ -20,7 +20,7 @@ import yaml
 
 from tpo import artifacts as A
 from tpo.artifacts import RunDir
-from tpo.errors import EXIT_BAD_INPUT, BadInput
+from tpo.errors import EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED, BadInput
 from tpo.spec import PHASE_OF_STEP, RunPhase, SpecError, TPORunSpec, TPORunStatus, parse_manifest
 from tpo.status import apply_summary, merge_shards, set_condition
 
@@ -158,6 +158,10 @@ class Runner:
             proc = subprocess.run(
                 self.command(phase, t, shard, shards), stdout=f, stderr=subprocess.STDOUT, env=env
             )
+        if proc.returncode == EXIT_UPSTREAM_DAMAGED:
+            last = next((x for x in reversed(log.read_text(errors="replace").splitlines())), "")
+            print(f"warning: {last}; checking every finished phase again", file=sys.stderr)
+            return proc.returncode
         if proc.returncode != 0:
             tail = log.read_text(errors="replace").splitlines()[-25:]
             reason = "BadInput" if proc.returncode == EXIT_BAD_INPUT else "PhaseCrashed"
@@ -179,10 +183,25 @@ class Runner:
         plan = steps(self.spec)
         self.status.started_at = self.status.started_at or now()
         self.status = set_condition(self.status, "Failed", False, "Running", "", now())
-        for i, step in enumerate(plan, 1):
-            rc = self.run_step(step, i, len(plan))
+        redos = 0
+        i = 0
+        while i < len(plan):
+            rc = self.run_step(plan[i], i + 1, len(plan))
+            if rc == EXIT_UPSTREAM_DAMAGED and redos < MAX_UPSTREAM_REDOS:
+                # An earlier phase's output was damaged after it finished: walk the plan again;
+                # run_step verifies every DONE marker and redoes the damaged phase.
+                redos += 1
+                i = 0
+                continue
             if rc != 0:
+                if rc == EXIT_UPSTREAM_DAMAGED:
+                    self.fail(
+                        "UpstreamDamaged",
+                        f"{plan[i][0]} iteration {plan[i][1]}: an "
+                        f"earlier phase's output is still damaged after {redos} redo(s)",
+                    )
                 return rc
+            i += 1
         self.status.phase = RunPhase.succeeded
         self.status.message = f"{self.spec.iterations} iteration(s) done"
         self.status.finished_at = now()
@@ -194,6 +213,9 @@ class Runner:
             self.status = set_condition(self.status, ctype, val, reason, self.status.message, now())
         self.save()
         return 0
+
+
+MAX_UPSTREAM_REDOS = 2  # the operator's budget too (tpo_operator.reconcile)
 
 
 def describe(summary: dict[str, Any]) -> str:

@@ -23,7 +23,14 @@ from typing import Any
 
 from tpo import artifacts as A
 from tpo.artifacts import ArtifactError, RunDir
-from tpo.errors import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_OK, BadInput
+from tpo.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CRASH,
+    EXIT_OK,
+    EXIT_UPSTREAM_DAMAGED,
+    BadInput,
+    UpstreamDamaged,
+)
 from tpo.spec import (
     PHASES,
     Generation,
@@ -47,6 +54,14 @@ def main(args: Any) -> int:
     shard = args.shard or shard_from_env()
     try:
         summary = run_phase(args.name, run, args.iteration, shard, spec_json=args.spec)
+    except UpstreamDamaged as e:
+        print(
+            f"error: {args.name} (iteration {args.iteration}): {e}; {e.phase} of iteration "
+            f"{e.iteration} must be redone first",
+            file=sys.stderr,
+        )
+        _write_termination(json.dumps({**e.record(), "error": str(e)[-500:]}))
+        return EXIT_UPSTREAM_DAMAGED
     except (BadInput, ArtifactError, SpecError) as e:
         print(f"error: {args.name} (iteration {args.iteration}): {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -94,6 +109,12 @@ def compact(summary: dict[str, Any]) -> str:
 
 def emit(summary: dict[str, Any]) -> None:
     line = compact(summary)
+    _write_termination(line)
+    sys.stdout.flush()
+    print(line, flush=True)
+
+
+def _write_termination(line: str) -> None:
     path = os.environ.get("TPO_TERMINATION_LOG")
     # Under torchrun every rank runs this; the Job's result is rank 0's (its local rank 0 writes).
     if path and os.environ.get("LOCAL_RANK", "0") == "0":
@@ -101,8 +122,6 @@ def emit(summary: dict[str, Any]) -> None:
             Path(path).write_text(line)
         except OSError as e:
             print(f"warning: cannot write termination log {path}: {e}", file=sys.stderr)
-    sys.stdout.flush()
-    print(line, flush=True)
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -120,6 +139,11 @@ def run_phase(
     spec = load_spec(run, spec_json if name == "prepare" else None)
     check_iteration(name, iteration, spec)
     index, count = resolve_shard(name, shard, spec)
+    if name != "prepare":  # every phase reads prepare's prompts
+        try:
+            A.read_done(run.done("prepare", 0))
+        except ArtifactError as e:
+            raise UpstreamDamaged("prepare", 0, str(e)) from None
     done = run.done(name, iteration, index if name in ("generate", "judge") else None)
     existing = _read_done(done)
     if existing is not None:
@@ -234,6 +258,10 @@ def model_location(spec: TPORunSpec, run: RunDir, iteration: int) -> str:
     path = run.model(iteration)
     if not (path / "config.json").exists():
         raise BadInput(f"{path}: model of iteration {iteration} is missing (train not done?)")
+    try:
+        A.read_done(run.done("train", iteration))  # the weights are what train wrote
+    except ArtifactError as e:
+        raise UpstreamDamaged("train", iteration, str(e)) from None
     return str(path)
 
 
@@ -247,7 +275,10 @@ def done_shards(run: RunDir, phase: str, iteration: int, shards: int) -> list[di
     """All shards' summaries, or BadInput naming the missing ones (never a silent partial merge)."""
     out, missing = [], []
     for i in range(shards):
-        summary = A.read_done(run.done(phase, iteration, i))
+        try:
+            summary = A.read_done(run.done(phase, iteration, i))
+        except ArtifactError as e:
+            raise UpstreamDamaged(phase, iteration, str(e)) from None
         if summary is None:
             missing.append(i)
         else:

@@ -12,7 +12,7 @@ import json
 import shlex
 from typing import Any
 
-from tpo.errors import EXIT_BAD_INPUT
+from tpo.errors import EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED
 from tpo.spec import Pool, TPORunSpec
 
 APP = "tpo-operator"
@@ -256,7 +256,8 @@ def _pod_spec(
 
 
 def _failure_policy(group: bool = False) -> dict[str, Any]:
-    """Preemption is not the worker's fault; bad input fails the same way on every retry.
+    """Preemption is not the worker's fault; bad input fails the same way on every retry, and
+    so does a damaged upstream artifact until the operator has redone that phase.
 
     A multi-node train (`group`) also fails the whole Job on any other crash: one lost rank
     stalls every other rank's collectives, so the operator restarts the group as a new Job
@@ -272,7 +273,7 @@ def _failure_policy(group: bool = False) -> dict[str, Any]:
             "onExitCodes": {
                 "containerName": "worker",
                 "operator": "In",
-                "values": [EXIT_BAD_INPUT],
+                "values": [EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED],
             },
         },
     ]

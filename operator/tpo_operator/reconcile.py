@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tpo.errors import EXIT_BAD_INPUT
+from tpo.errors import EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED
 from tpo.spec import (
     PHASE_OF_STEP,
     RunPhase,
@@ -45,6 +45,8 @@ USER_SUSPENDED = "tpo.dev/user-suspended"
 FOLDS_JOB_CREATED = ("Started", "PhaseSucceeded")
 # Job failure reasons a group restart would not fix: the time limit is spent.
 NOT_RESTARTED = ("DeadlineExceeded",)
+# Redos of an earlier step whose artifact a later step found damaged, per later step.
+MAX_UPSTREAM_REDOS = 2  # tpo.local.MAX_UPSTREAM_REDOS
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class ObservedJob:
     attempt: int = 0  # > 0: a whole-group restart of a multi-node train
     queue: str | None = None  # Kueue LocalQueue (label): Kueue alone unsuspends the Job
     bad_input: bool = False  # a pod exited with EXIT_BAD_INPUT: retrying cannot help
+    # A pod exited with EXIT_UPSTREAM_DAMAGED: this earlier step's output is damaged.
+    damaged: tuple[str, int] | None = None
 
     @property
     def finished(self) -> bool:
@@ -377,6 +381,8 @@ def _advance(ctx: _Ctx, spec: TPORunSpec, jobs: dict[str, ObservedJob], run: str
             _create(ctx, spec, jobs, run, step)
             return
         if job.failed_reason is not None:
+            if job.damaged is not None and _redo_upstream(ctx, spec, jobs, run, step, job):
+                return
             if not _restart_group(ctx, spec, jobs, attempts, run, step):
                 _fail_step(ctx, spec, job, attempts, step)
             return
@@ -390,6 +396,67 @@ def _advance(ctx: _Ctx, spec: TPORunSpec, jobs: dict[str, ObservedJob], run: str
             return
         ctx.status.step, ctx.status.iteration = order[idx]
         ctx.status.phase = PHASE_OF_STEP[order[idx][0]]
+
+
+def _redo_upstream(
+    ctx: _Ctx,
+    spec: TPORunSpec,
+    jobs: dict[str, ObservedJob],
+    run: str,
+    step: Step,
+    job: ObservedJob,
+) -> bool:
+    """The step's Job found an earlier step's output damaged after that step had succeeded (a
+    truncated samples file, a flipped byte in the weights): redo the earlier step as a new
+    attempt, then this one. False (the step fails) once MAX_UPSTREAM_REDOS are spent.
+
+    The failed attempt stays (its logs say what was damaged). Steps between the two are not
+    redone (evaluate(t), between train(t) and generate(t+1), keeps what it measured on the
+    M(t) it read). Status `retries` keeps
+    the count (`<phase>:<t>:upstream-redos`) and which attempt was answered, so the pass that
+    sees the earlier step done again creates this step's next attempt instead of redoing.
+    """
+    up = job.damaged
+    order = steps(spec.iterations)
+    if up not in order or order.index(up) >= order.index(step):
+        return False
+    busy = sorted(j.name for j in jobs.values() if not j.finished)
+    if busy:  # a Job of the run still runs (a restarted operator's leftovers): wait for it
+        ctx.status.message = f"waiting for {', '.join(busy)} to finish"
+        return True
+    key = f"{step[0]}:{step[1]}:upstream-redos"
+    answered = f"{step[0]}:{step[1]}:upstream-answered"  # this step's attempt + 1 (0: unset)
+    redo = f"{step[0]}:{step[1]}:upstream-redo-attempt"  # the earlier step's redo attempt + 1
+    earlier = attempts_of(jobs, up)
+    if ctx.status.retries.get(answered) == job.attempt + 1:
+        want = ctx.status.retries.get(redo, 1) - 1
+        if earlier and earlier[-1].attempt >= want:  # redone: now this step, anew
+            _create(ctx, spec, jobs, run, step, job.attempt + 1)
+        else:  # the redo's Job never landed (a lost write): create it again
+            _back_to(ctx, up)
+            _create(ctx, spec, jobs, run, up, want)
+        return True
+    count = ctx.status.retries.get(key, 0)
+    if count >= MAX_UPSTREAM_REDOS:
+        return False
+    nxt = earlier[-1].attempt + 1 if earlier else 0
+    ctx.status.retries[key] = count + 1
+    ctx.status.retries[answered] = job.attempt + 1
+    ctx.status.retries[redo] = nxt + 1
+    ctx.event(
+        "Warning",
+        "UpstreamDamaged",
+        f"{job.name}: the output of {up[0]} (iteration {up[1]}) is damaged; redoing {up[0]} as "
+        f"{job_name(run, up, nxt)}, then {step[0]} ({count + 1} of {MAX_UPSTREAM_REDOS} redos)",
+    )
+    _back_to(ctx, up)
+    _create(ctx, spec, jobs, run, up, nxt)
+    return True
+
+
+def _back_to(ctx: _Ctx, step: Step) -> None:
+    ctx.status.step, ctx.status.iteration = step
+    ctx.status.phase = PHASE_OF_STEP[step[0]]
 
 
 def _group_failures(attempts: list[ObservedJob]) -> int:
@@ -443,10 +510,17 @@ def _fail_step(
     ctx: _Ctx, spec: TPORunSpec, job: ObservedJob, attempts: list[ObservedJob], step: Step
 ) -> None:
     msg = f"{step[0]} of iteration {step[1]} failed ({job.failed_reason})"
-    if len(attempts) > 1:
+    reason = job.failed_reason or "Failed"
+    if job.damaged is not None:
+        reason = "UpstreamDamaged"
+        msg = (
+            f"{step[0]} of iteration {step[1]}: the output of {job.damaged[0]} (iteration "
+            f"{job.damaged[1]}) is still damaged after {MAX_UPSTREAM_REDOS} redos"
+        )
+    elif len(attempts) > 1:
         msg += f" after {len(attempts) - 1} group restart(s)"
     detail = job.failed_message or job.pod_message
-    ctx.fail(job.failed_reason or "Failed", f"{msg}: {detail[-500:]}" if detail else msg, step[0])
+    ctx.fail(reason, f"{msg}: {detail[-500:]}" if detail else msg, step[0])
 
 
 def _record(ctx: _Ctx, job: ObservedJob, step: Step) -> None:
@@ -620,13 +694,30 @@ def parse_summary(message: str) -> dict[str, Any] | None:
     return None
 
 
+def _damaged_step(message: str) -> tuple[str, int] | None:
+    """The earlier step a pod found damaged (`tpo.errors.UpstreamDamaged.record`), if any."""
+    for line in reversed((message or "").strip().splitlines()):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        up = data.get("upstream_damaged") if isinstance(data, dict) else None
+        if isinstance(up, dict) and isinstance(up.get("phase"), str):
+            try:
+                return up["phase"], int(up.get("iteration", -1))
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
 def _pod_facts(
     pods: list[dict[str, Any]],
-) -> tuple[tuple[dict[str, Any], ...], int, str, bool]:
+) -> tuple[tuple[dict[str, Any], ...], int, str, bool, tuple[str, int] | None]:
     """(summaries of succeeded pods, one per shard; preempted pods; last failure message;
-    whether a pod exited with EXIT_BAD_INPUT)."""
+    whether a pod exited with EXIT_BAD_INPUT; the earlier step a pod found damaged)."""
     by_shard: dict[int, dict[str, Any]] = {}
     preempted, message, bad = 0, "", False
+    damaged: tuple[str, int] | None = None
     for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
         st = pod.get("status") or {}
         if st.get("phase") == "Succeeded":
@@ -643,7 +734,10 @@ def _pod_facts(
             for term in _terminated(pod):
                 message = term.get("message") or term.get("reason") or message
                 bad = bad or term.get("exitCode") == EXIT_BAD_INPUT
-    return tuple(by_shard[k] for k in sorted(by_shard)), preempted, message, bad
+                if term.get("exitCode") == EXIT_UPSTREAM_DAMAGED:
+                    damaged = _damaged_step(term.get("message", "")) or damaged
+    shards = tuple(by_shard[k] for k in sorted(by_shard))
+    return shards, preempted, message, bad, damaged
 
 
 def _attempt_of(obj: dict[str, Any]) -> int:
@@ -699,7 +793,7 @@ def observe(
         st = job.get("status") or {}
         conds = {c.get("type"): c for c in st.get("conditions") or [] if c.get("status") == "True"}
         failed = conds.get("Failed")
-        summaries, preempted, message, bad = _pod_facts(pods.get((step, attempt), []))
+        summaries, preempted, message, bad, damaged = _pod_facts(pods.get((step, attempt), []))
         out.append(
             ObservedJob(
                 name=meta["name"],
@@ -719,6 +813,7 @@ def observe(
                 attempt=attempt,
                 queue=_labels(job).get(KUEUE_QUEUE) or None,
                 bad_input=bad,
+                damaged=damaged,
             )
         )
     return sorted(out, key=lambda j: j.name)

@@ -309,7 +309,9 @@ class JobController:
         self.cluster = cluster
         self._pods = itertools.count()
 
-    def _pod(self, job: dict[str, Any], phase: str, message: str, index: int = 0) -> dict:
+    def _pod(
+        self, job: dict[str, Any], phase: str, message: str, index: int = 0, exit_code: int = 1
+    ) -> dict:
         tpl = job["spec"]["template"]
         name = f"{job['metadata']['name']}-{index}-{next(self._pods)}"
         return {
@@ -327,7 +329,7 @@ class JobController:
                         "name": "worker",
                         "state": {
                             "terminated": {
-                                "exitCode": 0 if phase == "Succeeded" else 1,
+                                "exitCode": 0 if phase == "Succeeded" else exit_code,
                                 "message": message,
                             }
                         },
@@ -351,11 +353,14 @@ class JobController:
         self.cluster.create("pods", self._pod(job, "Failed", message))
         self._status(job, {"failed": failed, "active": 1})
 
-    def fail(self, job: dict[str, Any] | str, reason: str, message: str) -> None:
-        """The Job gives up (e.g. BackoffLimitExceeded) after a last failed pod."""
+    def fail(
+        self, job: dict[str, Any] | str, reason: str, message: str, exit_code: int = 1
+    ) -> None:
+        """The Job gives up (e.g. BackoffLimitExceeded, or PodFailurePolicy on an exit code)
+        after a last failed pod."""
         job = self._job(job)
         failed = int((job.get("status") or {}).get("failed") or 0) + 1
-        self.cluster.create("pods", self._pod(job, "Failed", message))
+        self.cluster.create("pods", self._pod(job, "Failed", message, exit_code=exit_code))
         self._status(job, {"failed": failed, "active": 0}, "Failed", reason, message)
 
     def preempt(self, job: dict[str, Any] | str) -> None:

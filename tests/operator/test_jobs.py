@@ -12,7 +12,7 @@ import yaml
 from harness import manifest
 from tpo_operator import jobs as J
 
-from tpo.errors import EXIT_BAD_INPUT
+from tpo.errors import EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED
 from tpo.spec import parse_manifest
 
 
@@ -115,7 +115,8 @@ def test_job_details_for_a_sharded_queued_gpu_phase():
         "action": "Ignore",
         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
     }
-    assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [EXIT_BAD_INPUT]
+    assert rules[1]["action"] == "FailJob"
+    assert rules[1]["onExitCodes"]["values"] == [EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED]
     sc = c["securityContext"]
     assert (
         sc["readOnlyRootFilesystem"]

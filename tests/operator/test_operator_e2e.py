@@ -71,6 +71,31 @@ def test_job_failure_after_retries_fails_the_run(cluster: Cluster, ctl: JobContr
     )
 
 
+def test_damaged_samples_found_by_judge_redo_generate_then_judge(
+    cluster: Cluster, ctl: JobController
+):
+    """judge(1)'s pod exits EXIT_UPSTREAM_DAMAGED naming generate(1) (the termination message
+    tpo.errors.UpstreamDamaged.record writes): the operator runs generate again as a new Job,
+    then judge, and the run goes on; an event says what happened."""
+    import json
+
+    from tpo.errors import EXIT_UPSTREAM_DAMAGED
+
+    cluster.create_run(manifest(iterations=1))
+    finish(cluster, ctl, [("prepare", 0), ("evaluate", 0), ("generate", 1)])
+    job = cluster.wait_job("demo-judge-1")
+    message = json.dumps({"upstream_damaged": {"phase": "generate", "iteration": 1},
+                          "error": "samples/0.jsonl: changed or truncated"})  # fmt: skip
+    ctl.fail(job, "PodFailurePolicy", message, exit_code=EXIT_UPSTREAM_DAMAGED)
+    ctl.succeed(cluster.wait_job("demo-generate-1-r1"), [summary("generate", 1)])
+    ctl.succeed(cluster.wait_job("demo-judge-1-r1"), [summary("judge", 1)])
+    finish(cluster, ctl, [("train", 1), ("evaluate", 1)])
+    st = cluster.wait_status("demo", lambda s: s.get("phase") == "Succeeded")
+    assert st["retries"]["judge:1:upstream-redos"] == 1
+    warned = [e for e in cluster.events("demo") if e["reason"] == "UpstreamDamaged"]
+    assert len(warned) == 1 and "redoing generate as demo-generate-1-r1" in warned[0]["message"]
+
+
 def test_preempted_pod_is_not_a_failure(cluster: Cluster, ctl: JobController):
     cluster.create_run(manifest(iterations=1))
     finish(cluster, ctl, [("prepare", 0), ("evaluate", 0)])

@@ -156,6 +156,73 @@ def test_observe_reads_shards_preemptions_and_failures():
     assert p.of(CreateJob) == [CreateJob("demo-judge-1", "judge", 1)]
 
 
+def _play(damage: dict[str, tuple[str, int]], always: bool = False, lose: set[str] = frozenset()):
+    """Play a run where the Jobs named in `damage` fail as a pod exiting EXIT_UPSTREAM_DAMAGED
+    does (every attempt of that step with `always`); creates named in `lose` never land."""
+    status, jobs, created, events = TPORunStatus(), {}, [], []
+    lost = set(lose)
+    for _ in range(80):
+        p = plan(SPEC, status, list(jobs.values()), NOW, "demo")
+        status = p.status
+        events += [(e.reason, e.message) for e in p.of(Event)]
+        for a in p.of(CreateJob):
+            created.append(a.name)
+            if a.name in lost:
+                lost.discard(a.name)
+                continue
+            base = a.name.split("-r")[0] if always else a.name
+            up = damage.get(base) if always else damage.pop(a.name, None)
+            if up:
+                jobs[a.name] = ObservedJob(
+                    a.name, a.phase, a.iteration, failed=1, attempt=a.attempt,
+                    failed_reason="PodFailurePolicy", damaged=up,
+                )  # fmt: skip
+            else:
+                jobs[a.name] = dataclasses.replace(
+                    done(a.name, a.phase, a.iteration), attempt=a.attempt
+                )
+        if status.phase in ("Succeeded", "Failed"):
+            return status, created, events
+    raise AssertionError(f"run did not finish: {created}")
+
+
+def test_a_damaged_upstream_output_is_redone_then_the_step_that_found_it():
+    """judge(1) finds generate(1)'s samples damaged, evaluate(2) finds train(2)'s weights
+    damaged: each earlier step runs again as a new attempt, then the step that found it."""
+    status, created, events = _play(
+        {"demo-judge-1": ("generate", 1), "demo-evaluate-2": ("train", 2)}
+    )
+    assert status.phase == "Succeeded"
+    at = created.index("demo-judge-1")
+    assert created[at : at + 4] == ["demo-judge-1", "demo-generate-1-r1", "demo-judge-1-r1",
+                                    "demo-train-1"]  # fmt: skip
+    at = created.index("demo-evaluate-2")
+    assert created[at:] == ["demo-evaluate-2", "demo-train-2-r1", "demo-evaluate-2-r1"]
+    warned = [m for r, m in events if r == "UpstreamDamaged"]
+    assert len(warned) == 2 and "redoing generate as demo-generate-1-r1, then judge" in warned[0]
+    assert status.retries["judge:1:upstream-redos"] == 1
+    assert status.retries["evaluate:2:upstream-redos"] == 1
+
+
+def test_a_lost_redo_create_is_made_again_not_skipped():
+    status, created, _ = _play({"demo-judge-1": ("generate", 1)}, lose={"demo-generate-1-r1"})
+    assert status.phase == "Succeeded"
+    at = created.index("demo-judge-1")
+    assert created[at : at + 4] == ["demo-judge-1", "demo-generate-1-r1", "demo-generate-1-r1",
+                                    "demo-judge-1-r1"]  # fmt: skip
+
+
+def test_upstream_damage_that_redoing_does_not_fix_fails_the_run_after_the_budget():
+    status, created, _ = _play({"demo-judge-1": ("generate", 1)}, always=True)
+    assert status.phase == "Failed"
+    assert [c for c in created if c.startswith(("demo-generate-1", "demo-judge-1"))] == [
+        "demo-generate-1", "demo-judge-1", "demo-generate-1-r1", "demo-judge-1-r1",
+        "demo-generate-1-r2", "demo-judge-1-r2",
+    ]  # fmt: skip
+    failed = next(c for c in status.conditions if c.type == "Failed")
+    assert failed.reason == "UpstreamDamaged" and "still damaged after 2 redos" in failed.message
+
+
 # --------------------------------------------------------------------------- properties
 
 ORDER = steps(2)
@@ -184,9 +251,13 @@ def worlds(draw):
         if state == "complete":
             jobs.append(done(name, phase, t, failed=failed, preempted=preempted))
         elif state == "failed":
+            damaged = draw(st.none() | st.sampled_from(ORDER))  # EXIT_UPSTREAM_DAMAGED naming it
             jobs.append(
-                ObservedJob(name, phase, t, failed=failed + 1, failed_reason="BackoffLimitExceeded")
-            )
+                ObservedJob(
+                    name, phase, t, failed=failed + 1, failed_reason="BackoffLimitExceeded",
+                    damaged=damaged,
+                )
+            )  # fmt: skip
         else:
             jobs.append(
                 ObservedJob(
@@ -237,9 +308,16 @@ def test_planner_properties(world):
         assert not [j for j in jobs if not j.finished]
         assert not suspend
         assert creates[0].name not in {j.name for j in jobs}
-    # never a step backwards
+    # never a step backwards, but to redo the earlier step a failed Job found damaged
     if status.phase not in ("Succeeded", "Failed"):
-        assert step_index(p.status, 2) >= step_index(status, 2) or p.status.phase == "Succeeded"
+        back = step_index(p.status, 2) < step_index(status, 2) and p.status.phase != "Succeeded"
+        if back:
+            failed = [j for j in jobs if j.failed_reason and j.damaged == (p.status.step,
+                      p.status.iteration)]  # fmt: skip
+            assert failed and [(c.phase, c.iteration) for c in creates] in (
+                [(p.status.step, p.status.iteration)],
+                [],  # suspended, or waiting for a live Job
+            )
     else:
         assert p.status == status and not p.actions
     # idempotent: planning again on the world the plan produced changes nothing
