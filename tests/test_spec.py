@@ -177,6 +177,12 @@ def test_round_trip_through_wire_form():
             "pairing and maxRepeats need mode 'pairwise'",
         ),
         (
+            {"dataset__referenceField": "answer"},
+            "spec",
+            "dataset.referenceField: only pairwise (and programmatic) judges read a reference; "
+            "judge is rewardModel",
+        ),
+        (
             {"judge": {"type": "pairwise", "pairwise": {"path": "/j", "template": "{reference}"}}},
             "spec",
             "uses {reference} but dataset.referenceField is not set",

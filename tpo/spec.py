@@ -587,7 +587,17 @@ class TPORunSpec(Model):
     def _reference(self) -> TPORunSpec:
         """A reference the template never shows, or a {reference} with nothing to fill it,
         is a mistake the judge would silently carry through a whole run."""
-        p = self.judge.pairwise
+        j = self.judge
+        reads = j.type in ("pairwise", "programmatic") or (
+            j.type == "endpoint" and j.endpoint is not None and j.endpoint.mode == "pairwise"
+        )
+        if self.dataset.reference_field and not reads:
+            what = j.type if j.type != "endpoint" else "a pointwise endpoint"
+            raise ValueError(
+                f"dataset.referenceField: only pairwise (and programmatic) judges read a "
+                f"reference; judge is {what}"
+            )
+        p = j.pairwise
         template = p.template if p is not None else None
         if template is None:
             return self
