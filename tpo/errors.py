@@ -12,6 +12,7 @@ EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_BAD_INPUT = 3
 EXIT_UPSTREAM_DAMAGED = 4
+MAX_UPSTREAM_REDOS = 2  # redos of the damaged earlier step per later step (operator, tpo run)
 
 
 class UpstreamDamaged(Exception):

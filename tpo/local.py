@@ -20,7 +20,7 @@ import yaml
 
 from tpo import artifacts as A
 from tpo.artifacts import RunDir
-from tpo.errors import EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED, BadInput
+from tpo.errors import EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED, MAX_UPSTREAM_REDOS, BadInput
 from tpo.spec import PHASE_OF_STEP, RunPhase, SpecError, TPORunSpec, TPORunStatus, parse_manifest
 from tpo.status import apply_summary, merge_shards, set_condition
 
@@ -159,7 +159,8 @@ class Runner:
                 self.command(phase, t, shard, shards), stdout=f, stderr=subprocess.STDOUT, env=env
             )
         if proc.returncode == EXIT_UPSTREAM_DAMAGED:
-            last = next((x for x in reversed(log.read_text(errors="replace").splitlines())), "")
+            lines = log.read_text(errors="replace").splitlines()
+            last = next((x for x in reversed(lines) if x.strip()), "")
             print(f"warning: {last}; checking every finished phase again", file=sys.stderr)
             return proc.returncode
         if proc.returncode != 0:
@@ -213,9 +214,6 @@ class Runner:
             self.status = set_condition(self.status, ctype, val, reason, self.status.message, now())
         self.save()
         return 0
-
-
-MAX_UPSTREAM_REDOS = 2  # the operator's budget too (tpo_operator.reconcile)
 
 
 def describe(summary: dict[str, Any]) -> str:

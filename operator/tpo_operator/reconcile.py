@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tpo.errors import EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED
+from tpo.errors import EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED, MAX_UPSTREAM_REDOS
 from tpo.spec import (
     PHASE_OF_STEP,
     RunPhase,
@@ -45,8 +45,6 @@ USER_SUSPENDED = "tpo.dev/user-suspended"
 FOLDS_JOB_CREATED = ("Started", "PhaseSucceeded")
 # Job failure reasons a group restart would not fix: the time limit is spent.
 NOT_RESTARTED = ("DeadlineExceeded",)
-# Redos of an earlier step whose artifact a later step found damaged, per later step.
-MAX_UPSTREAM_REDOS = 2  # tpo.local.MAX_UPSTREAM_REDOS
 
 
 @dataclass(frozen=True)
@@ -412,9 +410,9 @@ def _redo_upstream(
 
     The failed attempt stays (its logs say what was damaged). Steps between the two are not
     redone (evaluate(t), between train(t) and generate(t+1), keeps what it measured on the
-    M(t) it read). Status `retries` keeps
-    the count (`<phase>:<t>:upstream-redos`) and which attempt was answered, so the pass that
-    sees the earlier step done again creates this step's next attempt instead of redoing.
+    M(t) it read). Status `retries` keeps the count (`<phase>:<t>:upstream-redos`) and which
+    attempt was answered, so the pass that sees the earlier step done again creates this
+    step's next attempt instead of redoing.
     """
     up = job.damaged
     order = steps(spec.iterations)
