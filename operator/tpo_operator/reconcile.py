@@ -680,32 +680,32 @@ def _terminated(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return [s["state"]["terminated"] for s in statuses if (s.get("state") or {}).get("terminated")]
 
 
-def parse_summary(message: str) -> dict[str, Any] | None:
-    """A phase summary from a termination message: the last line that is a JSON object."""
+def _last_object(message: str, key: str) -> dict[str, Any] | None:
+    """The last line of a termination message that is a JSON object holding `key`."""
     for line in reversed((message or "").strip().splitlines()):
         try:
             data = json.loads(line)
         except ValueError:
             continue
-        if isinstance(data, dict) and "phase" in data:
+        if isinstance(data, dict) and key in data:
             return data
     return None
 
 
+def parse_summary(message: str) -> dict[str, Any] | None:
+    """A phase summary from a termination message."""
+    return _last_object(message, "phase")
+
+
 def _damaged_step(message: str) -> tuple[str, int] | None:
     """The earlier step a pod found damaged (`tpo.errors.UpstreamDamaged.record`), if any."""
-    for line in reversed((message or "").strip().splitlines()):
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        up = data.get("upstream_damaged") if isinstance(data, dict) else None
-        if isinstance(up, dict) and isinstance(up.get("phase"), str):
-            try:
-                return up["phase"], int(up.get("iteration", -1))
-            except (TypeError, ValueError):
-                return None
-    return None
+    up = (_last_object(message, "upstream_damaged") or {}).get("upstream_damaged")
+    if not isinstance(up, dict) or not isinstance(up.get("phase"), str):
+        return None
+    try:
+        return up["phase"], int(up.get("iteration", -1))
+    except (TypeError, ValueError):
+        return None
 
 
 def _pod_facts(
