@@ -71,10 +71,13 @@ RAMBLE = (
 
 
 @dataclasses.dataclass(frozen=True)
-class JudgeBuildConfig:
-    """Everything that shapes the judge; its hash is the cache key."""
+class JudgeBuildConfig(seed_build.TinyTraining):
+    """Everything that shapes the judge; its hash is the cache key. The model shape and SFT
+    settings are the seed's (`TinyTraining`) but for more epochs and a larger vocabulary (a
+    fresh tokenizer, `from_seed=False`, carries the template's text)."""
 
-    seed: int = 0
+    epochs: float = 3.0
+    vocab_size: int = 1024
     # Start from the tiny seed's weights and tokenizer (the Self-Taught Evaluator is likewise
     # fine-tuned from a base LLM): the seed already writes the task's scratchpads, so the
     # judge learns to explain (work the problem out, name both answers) then decide. From
@@ -86,14 +89,6 @@ class JudgeBuildConfig:
     reference: bool = True
     pairs: int = 4000  # distinct candidate pairs; each is shown in both orders
     heldout_pairs: int = 200  # for the accuracy in the stamp, on instructions never trained on
-    epochs: float = 3.0
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    hidden: int = 128
-    layers: int = 4
-    heads: int = 4  # head_dim 32: vLLM's CPU attention needs it
-    vocab_size: int = 1024
-    max_positions: int = 512
     # What each candidate response is (sums to 1), close to what the sampled seed writes.
     p_right: float = 0.45
     p_slip: float = 0.20
@@ -420,7 +415,7 @@ def build(
                 seed=cfg.seed,
             )
         work = out / ".sft-work"
-        sft = _sft(model_dir, rows, cfg, work)  # type: ignore[arg-type]
+        sft = _sft(model_dir, rows, cfg, work)
         shutil.rmtree(work, ignore_errors=True)
         trained = time.monotonic() - started
         held = heldout_rows(cfg)

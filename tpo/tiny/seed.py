@@ -38,12 +38,10 @@ USELESS_THOUGHTS = (
 
 
 @dataclasses.dataclass(frozen=True)
-class BuildConfig:
-    """Everything that shapes the seed; its hash is the cache key."""
+class TinyTraining:
+    """The model shape and the SFT settings of a tiny build (the seed's and the judge's)."""
 
     seed: int = 0
-    sft_examples: int = 24000  # distinct SFT instructions, disjoint from the TPO ones
-    instructions: int = 1600  # for TPO: 3 x 300 + 300 eval + margin
     epochs: float = 1.0
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -52,6 +50,14 @@ class BuildConfig:
     heads: int = 4  # head_dim 32: vLLM's CPU attention needs it
     vocab_size: int = 512
     max_positions: int = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig(TinyTraining):
+    """Everything that shapes the seed; its hash is the cache key."""
+
+    sft_examples: int = 24000  # distinct SFT instructions, disjoint from the TPO ones
+    instructions: int = 1600  # for TPO: 3 x 300 + 300 eval + margin
     # The noisy mix, per thought-prompted example (sums to 1). Tuned on the demo (3 iterations,
     # sampled evaluation vs the seed): 55% correct scratchpads gave a seed whose errors are mostly
     # capacity-limited arithmetic, which DPO barely moved (0.56 -> 0.55); 35% gave a seed too weak
@@ -153,7 +159,7 @@ def _tokenizer_corpus(rows: list[dict[str, Any]]) -> list[str]:
     return [r["prompt"][0]["content"] + "\n" + r["completion"][0]["content"] for r in rows[:4000]]
 
 
-def _sft(model_dir: Path, rows: list[dict[str, Any]], cfg: BuildConfig, work: Path) -> dict:
+def _sft(model_dir: Path, rows: list[dict[str, Any]], cfg: TinyTraining, work: Path) -> dict:
     """TRL's SFTTrainer on CPU; returns the last logged training loss and the step count."""
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
