@@ -152,17 +152,13 @@ def candidate(kind: str, rec: dict, rng: random.Random) -> str:
 
 
 def _kind(cfg: JudgeBuildConfig, rng: random.Random) -> str:
-    r, acc = rng.random(), 0.0
-    for kind, p in (
+    shares = [
         ("right", cfg.p_right),
         ("slip", cfg.p_slip),
         ("wrong", cfg.p_wrong),
         ("no_answer", cfg.p_no_answer),
-    ):
-        acc += p
-        if r < acc:
-            return kind
-    return "ramble"
+    ]
+    return seed_build.pick_kind(rng, shares, "ramble")
 
 
 def label(rec: dict, a: str, b: str) -> float:

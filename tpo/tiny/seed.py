@@ -20,6 +20,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,18 +118,24 @@ def thought_output(
     return f"{GENERIC_THOUGHT_HEADER} {pad}\n{sep}{_response(result)}"
 
 
-def _kind(cfg: BuildConfig, rng: random.Random) -> str:
+def pick_kind(rng: random.Random, shares: Sequence[tuple[str, float]], rest: str) -> str:
+    """A kind drawn by its share (one rng.random() draw); `rest` takes what the shares leave."""
     r, acc = rng.random(), 0.0
-    for kind, p in (
+    for kind, p in shares:
+        acc += p
+        if r < acc:
+            return kind
+    return rest
+
+
+def _kind(cfg: BuildConfig, rng: random.Random) -> str:
+    shares = [
         ("correct", cfg.p_correct),
         ("slip", cfg.p_slip),
         ("useless", cfg.p_useless),
         ("bare", cfg.p_bare),
-    ):
-        acc += p
-        if r < acc:
-            return kind
-    return "no_separator"
+    ]
+    return pick_kind(rng, shares, "no_separator")
 
 
 def sft_rows(cfg: BuildConfig, exclude: set[str]) -> list[dict[str, Any]]:
