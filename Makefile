@@ -42,6 +42,11 @@ tools:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	# YAML as shipped, and the chart as rendered (templates are YAML only after helm): .yamllint.
+	$(BIN)/yamllint --strict -c .yamllint crds/ examples/ charts/*/values.yaml $(wildcard charts/*/crds)
+	set -o pipefail; for v in "" "serviceMonitor.enabled=true,watchAllNamespaces=true"; do \
+	  helm template tpo charts/tpo-operator --include-crds $${v:+--set $$v} \
+	    | $(BIN)/yamllint --strict -c .yamllint - || exit 1; done
 
 ## All tests (CI runs exactly this through .ci/run).
 test: setup tools lint

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from tpo import yamlsafe
 from tpo.errors import BadInput
 from tpo.spec import SpecError, parse_manifest
 
@@ -37,5 +36,5 @@ def main(args: Any) -> int:
         objs = render(doc, args.iteration, args.namespace)
     except SpecError as e:
         raise BadInput(f"{path}: invalid TPORun:\n  " + "\n  ".join(e.problems)) from None
-    sys.stdout.write(yaml.safe_dump_all(objs, sort_keys=False))
+    sys.stdout.write(yamlsafe.dump_all(objs))
     return 0

@@ -15,7 +15,7 @@
 
 {{- define "tpo-operator.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "tpo-operator.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- end }}
 
 {{- define "tpo-operator.labels" -}}
