@@ -20,24 +20,12 @@ import yaml
 
 # YAML 1.1 booleans (the spec's full list, as Go's yaml.v2 reads them) and nulls; compared
 # case-insensitively so odd spellings (`yEs`) are quoted as well: harmless, and no reader guesses.
-_WORDS = frozenset(
-    [
-        "y",
-        "yes",
-        "n",
-        "no",
-        "true",
-        "false",
-        "on",
-        "off",
-        "~",
-        "null",
-        ".inf",
-        "+.inf",
-        "-.inf",
-        ".nan",
-    ]
-) | frozenset({""})
+_WORDS = frozenset({"", "~", "null", "y", "yes", "n", "no", "true", "false", "on", "off"}) | {
+    ".inf",
+    "+.inf",
+    "-.inf",
+    ".nan",
+}
 
 _NUMBERS = [
     re.compile(p)
