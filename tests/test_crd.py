@@ -143,9 +143,14 @@ def test_names_status_subresource_and_printer_columns(crd, version):
     assert cols["Win-Rate"] == ".status.winRate"
     assert "Age" in cols
     status_props = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert cols["Progress"] == ".status.progress.summary"
     for col in version["additionalPrinterColumns"]:
         if col["jsonPath"].startswith(".status."):
-            assert col["jsonPath"].removeprefix(".status.") in status_props
+            *parents, leaf = col["jsonPath"].removeprefix(".status.").split(".")
+            props = status_props
+            for part in parents:  # a nested field: each level an object of the schema
+                props = props[part]["properties"]
+            assert leaf in props, col
 
 
 # --------------------------------------------------------------------------- TPORuns vs the schema

@@ -134,3 +134,22 @@ def test_thought_budget_cuts_the_thought_and_forces_the_separator(gen, sep):
     assert forced > 0
     if sep == "e":
         assert emitted > 0
+
+
+def test_the_engine_counts_every_sample_into_the_open_progress(gen):
+    """generate and evaluate open a Progress and the backend counts what it finishes (vLLM
+    through `use_tqdm=<callable>`, transformers per chunk); greedy's one output stands for n;
+    a thought budget's second pass grows the total."""
+    from tpo.progress import Progress
+
+    with Progress("generate", None, "samples", mode="off") as p:
+        gen.generate(PROMPTS, n=4, temperature=0.8, top_p=0.95, max_tokens=8, seed=1)
+        assert (p.done, p.total) == (12, 12)
+        gen.generate(PROMPTS, n=2, temperature=0.0, top_p=1.0, max_tokens=8, seed=1)
+        assert (p.done, p.total) == (18, 18)
+    with Progress("generate", None, "samples", mode="off") as p:
+        gen.generate(
+            PROMPTS, n=2, temperature=0.9, top_p=0.95, max_tokens=60, seed=4,
+            budget=ThoughtBudget(4, "Here is my response:"),
+        )  # fmt: skip
+        assert p.done == p.total and 6 < p.total <= 12  # stage 1: 6; stage 2: one per continued

@@ -139,6 +139,12 @@ def crd() -> dict[str, Any]:
                             "type": "number",
                             "jsonPath": ".status.thoughtTokens",
                         },
+                        {
+                            "name": "Progress",
+                            "type": "string",
+                            "description": "The step in flight: percent done and ETA.",
+                            "jsonPath": ".status.progress.summary",
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from tpo import progress
 from tpo.errors import BadInput
 from tpo.spec import Generation
 
@@ -319,7 +320,9 @@ class VllmGenerator(_Backend):
             for mt, sd in zip(max_tokens, seeds, strict=True)
         ]
         inputs = [{"prompt_token_ids": x} for x in ids]
-        outs = self.llm.generate(inputs, params, use_tqdm=False)
+        # Finished requests count into the open tpo.progress step; vLLM's own bar stays off.
+        bar = progress.vllm_use_tqdm(len(ids) * n, scale=n if greedy else 1)
+        outs = self.llm.generate(inputs, params, use_tqdm=bar)
         comps = [
             [
                 Completion(
@@ -376,8 +379,11 @@ class TransformersGenerator(_Backend):
         seeds: list[int],
         stop: str | None,
     ) -> list[list[Completion]]:
-        """Chunks of `batch_prompts`, each seeded by its first prompt's seed."""
+        """Chunks of `batch_prompts`, each seeded by its first prompt's seed; each finished
+        chunk counts into the open tpo.progress step."""
         out: list[list[Completion]] = []
+        counter = progress.current()
+        counter.expect(len(ids) * n)
         for start in range(0, len(ids), self.batch_prompts):
             end = start + self.batch_prompts
             out.extend(
@@ -385,6 +391,7 @@ class TransformersGenerator(_Backend):
                     ids[start:end], n, temperature, top_p, max_tokens[start:end], seeds[start], stop
                 )
             )
+            counter.advance(len(ids[start:end]) * n)
         return out
 
     def _batch(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tpo import artifacts as A
+from tpo import progress
 from tpo.artifacts import ArtifactError, RunDir
 from tpo.errors import (
     EXIT_BAD_INPUT,
@@ -149,6 +150,7 @@ def run_phase(
     if existing is not None:
         return existing
     _start_pod_metrics(run, name, iteration, index)
+    progress.set_step(name, iteration, index if count > 1 else None)
     started = time.time()
     fn: Callable[..., dict[str, Any]] = _PHASES[name]
     summary = fn(spec, run, iteration, index, count)
@@ -380,15 +382,16 @@ def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
     try:
         wrapped = [wrap(spec.thought_prompt, p["instruction"], stated) for p in prompts]
         started = time.time()
-        outs = gen.generate(
-            wrapped,
-            n=g.samples,
-            temperature=g.temperature,
-            top_p=g.top_p,
-            max_tokens=g.max_tokens,
-            seed=generation_seed(g.seed, iteration, index),
-            budget=budget,
-        )
+        with progress.task("generate", "samples"):  # the engine counts what it finishes
+            outs = gen.generate(
+                wrapped,
+                n=g.samples,
+                temperature=g.temperature,
+                top_p=g.top_p,
+                max_tokens=g.max_tokens,
+                seed=generation_seed(g.seed, iteration, index),
+                budget=budget,
+            )
         elapsed = time.time() - started
         rows = []
         for p, w, comps in zip(prompts, wrapped, outs, strict=True):
@@ -508,7 +511,8 @@ def judge(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int)
     ]
     j = load_judge(spec.judge, engine=spec.generation, reference_field=spec.dataset.reference_field)
     try:
-        raw = j.score_groups(items)
+        with progress.task("judge", "calls"):  # the judge's backend counts its calls
+            raw = j.score_groups(items)
     finally:
         j.close()
     # A pairwise judge's calls, logged for replays (benchmarks/pairing_replay.py --battles).
@@ -616,6 +620,7 @@ def train(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int)
         pairs=pairs,
         out_dir=run.model(iteration),
         work_dir=run.checkpoints(iteration),
+        callbacks=[progress.trainer_callback(progress.label_of("train", iteration))],
     )
     keep = (
         "train_loss",
@@ -706,15 +711,11 @@ def _cached_arm(
     return rows
 
 
-def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
-    from tpo.evaluate import category_win_rates, win_rate
-    from tpo.judges import JudgeItem, load_judge
-
-    prompts = A.read_jsonl(run.eval_prompts)
-    if spec.evaluation.prompts:
-        prompts = prompts[: spec.evaluation.prompts]
+def _eval_arms(
+    spec: TPORunSpec, run: RunDir, iteration: int, prompts: list[dict]
+) -> tuple[list[dict], list[dict], list[dict] | None, str | None]:
+    """The outputs evaluate judges: the candidate's, the baseline's, compareWith's."""
     seed = spec.model.location
-    check_model(spec.model, "spec.model")
     tp = spec.thought_prompt
     if iteration == 0:
         # The paper's first row: the seed with the thought prompt vs the seed answering directly.
@@ -730,16 +731,31 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         cand = _eval_outputs(spec, model_location(spec, run, iteration), prompts, {"c": tp})["c"]
         base = _baseline(spec, run, prompts)
     other, note = _other_arm(spec, run, iteration, prompts)
+    return cand, base, other, note
+
+
+def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
+    from tpo.evaluate import category_win_rates, win_rate
+    from tpo.judges import JudgeItem, load_judge
+
+    prompts = A.read_jsonl(run.eval_prompts)
+    if spec.evaluation.prompts:
+        prompts = prompts[: spec.evaluation.prompts]
+    check_model(spec.model, "spec.model")
+    tp = spec.thought_prompt
+    with progress.task("outputs", "samples"):  # the engine counts every arm's outputs
+        cand, base, other, note = _eval_arms(spec, run, iteration, prompts)
     min_n = spec.evaluation.min_category_prompts
     j = load_judge(spec.judge, engine=spec.generation, reference_field=spec.dataset.reference_field)
-    try:
-        outcomes = _compare(j, JudgeItem, prompts, cand, base)
-        cand_score = _pointwise_mean(spec, j, JudgeItem, prompts, cand)
-        base_score = _pointwise_mean(spec, j, JudgeItem, prompts, base)
-        versus = _compare(j, JudgeItem, prompts, cand, other) if other else None
-        other_score = _pointwise_mean(spec, j, JudgeItem, prompts, other) if other else None
-    finally:
-        j.close()
+    with progress.task("judge", "calls"):  # the judge's backend counts its calls
+        try:
+            outcomes = _compare(j, JudgeItem, prompts, cand, base)
+            cand_score = _pointwise_mean(spec, j, JudgeItem, prompts, cand)
+            base_score = _pointwise_mean(spec, j, JudgeItem, prompts, base)
+            versus = _compare(j, JudgeItem, prompts, cand, other) if other else None
+            other_score = _pointwise_mean(spec, j, JudgeItem, prompts, other) if other else None
+        finally:
+            j.close()
     scored = [
         (o, p.get("category")) for o, p in zip(outcomes, prompts, strict=True) if o is not None
     ]

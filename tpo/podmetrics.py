@@ -14,6 +14,7 @@ Names are listed in docs/metrics.md beside the operator's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -53,7 +54,22 @@ TRAIN_REWARD_ACCURACY = _g(
     "tpo_train_reward_accuracy", "Share of pairs with chosen reward > rejected, latest step."
 )
 TRAIN_STEP = _g("tpo_train_step", "Optimizer steps completed.")
+# Progress of the step this pod runs (tpo.progress): one series at a time, labelled by what is
+# counted. The operator reads these into TPORun.status.progress (docs/metrics.md, "Progress").
+PROGRESS_LABELS = (*LABELS, "stage", "unit")
+
+
+def _p(name: str, doc: str) -> Gauge:
+    return Gauge(name, doc, PROGRESS_LABELS, registry=REGISTRY)
+
+
+PROGRESS_DONE = _p("tpo_progress_done", "Units of the current step done (samples, calls, steps).")
+PROGRESS_TOTAL = _p("tpo_progress_total", "Units the current step will do (absent: not known).")
+PROGRESS_RATE = _p("tpo_progress_rate", "Units per second since the first unit of the step.")
+PROGRESS_ETA = _p("tpo_progress_eta_seconds", "Estimated seconds until the step is done.")
+PROGRESS = (PROGRESS_DONE, PROGRESS_TOTAL, PROGRESS_RATE, PROGRESS_ETA)
 POD_METRICS = (
+    *PROGRESS,
     GEN_TOKENS_PER_SECOND,
     GEN_SAMPLES,
     TRAIN_LOSS,
@@ -64,6 +80,7 @@ POD_METRICS = (
 
 _labels: dict[str, str] = {}
 _port: int | None = None
+_progress_key: tuple[str, str] | None = None
 
 
 def identity(overrides: dict[str, Any] | None = None) -> dict[str, str]:
@@ -130,6 +147,35 @@ def set_training(
     _set(TRAIN_REWARD_MARGIN, reward_margin)
     _set(TRAIN_REWARD_ACCURACY, reward_accuracy)
     _set(TRAIN_STEP, step)
+
+
+def set_progress(
+    stage: str,
+    unit: str,
+    done: int,
+    total: int | None,
+    rate: float | None,
+    eta: float | None,
+) -> None:
+    """The current step's progress; a new (stage, unit) replaces the previous series, so a
+    scraper always sees exactly one. Unknown values (no total, no rate yet) are absent."""
+    global _progress_key
+    if _progress_key != (stage, unit):
+        for g in PROGRESS:
+            g.clear()
+        _progress_key = (stage, unit)
+    labels = {**(_labels or identity()), "stage": stage, "unit": unit}
+    for gauge, value in (
+        (PROGRESS_DONE, done),
+        (PROGRESS_TOTAL, total),
+        (PROGRESS_RATE, rate),
+        (PROGRESS_ETA, eta),
+    ):
+        if value is not None and math.isfinite(float(value)):
+            gauge.labels(**labels).set(float(value))
+        else:
+            with contextlib.suppress(KeyError):  # never set: nothing to remove
+                gauge.remove(*(labels[k] for k in PROGRESS_LABELS))
 
 
 def training_values(logs: dict[str, Any]) -> tuple[float | None, float | None, float | None]:

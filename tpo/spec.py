@@ -743,6 +743,27 @@ class IterationStatus(Model):
     model_path: str | None = None
 
 
+class RunProgress(Model):
+    """Live progress of the step in flight, read from its pods' metrics by the operator
+    (docs/metrics.md, "Progress"; after Kubeflow Trainer's KEP-2779 `trainerStatus`, for
+    every phase). Counts are over the pods now running; percent also credits finished shards."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: str = Field(description="The step: prepare, generate, judge, train or evaluate.")
+    iteration: int = 0
+    stage: str | None = Field(None, description="What is counted (evaluate: outputs, judge).")
+    done: int | None = None
+    total: int | None = None
+    unit: str | None = Field(None, description="samples, calls, steps, ...")
+    percent: float | None = Field(None, ge=0, le=100)
+    rate: float | None = Field(None, description="Units per second.")
+    eta_seconds: int | None = Field(None, ge=0, description="Estimated seconds remaining.")
+    pods: int = Field(0, description="Pods whose progress was read.")
+    updated_at: str | None = Field(None, description="When the pods were last read.")
+    summary: str = Field("", description="One line for `kubectl get` (the PROGRESS column).")
+
+
 class TPORunStatus(Model):
     model_config = ConfigDict(extra="ignore")
 
@@ -759,6 +780,9 @@ class TPORunStatus(Model):
     retries: dict[str, int] = Field(default_factory=dict, description="Job retries by phase.")
     step: str | None = Field(
         None, description="Phase of the step in flight (kept while Suspended); set by the operator."
+    )
+    progress: RunProgress | None = Field(
+        None, description="Live progress of the step in flight (percent, ETA)."
     )
     spec_snapshot: dict[str, Any] | None = Field(
         None,

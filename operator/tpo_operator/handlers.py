@@ -33,6 +33,7 @@ from tpo.spec import (
 )
 from tpo_operator import jobs as J
 from tpo_operator import metrics
+from tpo_operator import progress as P
 from tpo_operator.defaults import OperatorDefaults, with_defaults
 from tpo_operator.reconcile import (
     USER_SUSPENDED,
@@ -209,6 +210,8 @@ def _reconcile(api: Kube, body: dict[str, Any], namespace: str, name: str) -> No
     generation = body.get("metadata", {}).get("generation")
     peer = _peer(api, spec, status, namespace)
     result = plan(spec, status, observed, now(), name, generation, peer)
+    live = fetch_progress(P.targets(result.status, pod_list, name))
+    result.status = P.with_progress(result.status, pod_list, live, name, now())
     seen |= _apply(api, body, result, namespace, name, peer)
     if result.status != status:
         data = result.status.model_dump(by_alias=True, mode="json")  # nulls clear fields
@@ -217,6 +220,38 @@ def _reconcile(api: Kube, body: dict[str, Any], namespace: str, name: str) -> No
     _SEEN.update(seen)  # only once all of it was applied: a failed pass is redone on the echo
     _RECONCILED[(namespace, name)] = time.monotonic()
     metrics.observe_run(namespace, name, result.status)
+
+
+PROGRESS_TIMEOUT = 2.0  # seconds per pod: a slow pod must not hold the run's reconcile
+
+
+def fetch_progress(targets: list[P.Target]) -> dict[str, list[P.Reading]]:
+    """Reads the `tpo_progress_*` gauges of each running phase pod from its metrics endpoint
+    (the pod IP from the pod list this pass already made; no API call, no RBAC). A pod that does
+    not answer is left out: progress is a nicety, never the reason a reconcile fails."""
+    if not targets:
+        return {}
+    from concurrent.futures import ThreadPoolExecutor
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def one(t: P.Target) -> tuple[str, list[P.Reading]]:
+        try:
+            with urlopen(t.url, timeout=PROGRESS_TIMEOUT) as resp:
+                text = resp.read(1 << 20).decode("utf-8", "replace")
+            samples = [
+                (s.name, s.labels, s.value)
+                for fam in text_string_to_metric_families(text)
+                for s in fam.samples
+            ]
+            return t.pod, P.readings(samples)
+        except (OSError, ValueError) as e:
+            log.debug("progress of pod %s not read: %s", t.pod, e)
+            return t.pod, []
+
+    with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
+        return {pod: rs for pod, rs in pool.map(one, targets) if rs}
 
 
 def _peer(api: Kube, spec: Any, status: TPORunStatus, namespace: str) -> Peer | None:

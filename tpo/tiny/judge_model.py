@@ -325,6 +325,7 @@ def greedy_verdicts(
 ) -> list[float | None]:
     """Verdicts through the project's transformers generator (the same chat template and
     prompt ids as the vLLM judge), greedy as `VllmPairwiseJudge` samples them."""
+    from tpo import progress
     from tpo.generate import TransformersGenerator
     from tpo.judges import parse_verdict
     from tpo.spec import Generation
@@ -332,14 +333,15 @@ def greedy_verdicts(
     gen = TransformersGenerator(str(model_dir), Generation(backend="transformers"), dtype="float32")
     gen.batch_prompts = 64
     try:
-        outs = gen.generate(
-            [prompt_text(r, reference) for r in rows],
-            n=1,
-            temperature=0.0,
-            top_p=1.0,
-            max_tokens=MAX_REPLY_TOKENS,
-            seed=0,
-        )
+        with progress.Progress("tiny judge held-out", unit="verdicts"):  # the generator counts
+            outs = gen.generate(
+                [prompt_text(r, reference) for r in rows],
+                n=1,
+                temperature=0.0,
+                top_p=1.0,
+                max_tokens=MAX_REPLY_TOKENS,
+                seed=0,
+            )
     finally:
         gen.close()
     return [parse_verdict(o[0].text) for o in outs]
@@ -411,7 +413,7 @@ def build(
                 seed=cfg.seed,
             )
         work = out / ".sft-work"
-        sft = _sft(model_dir, rows, cfg, work)
+        sft = _sft(model_dir, rows, cfg, work, label="tiny judge")
         shutil.rmtree(work, ignore_errors=True)
         trained = time.monotonic() - started
         held = heldout_rows(cfg)

@@ -166,11 +166,20 @@ def _tokenizer_corpus(rows: list[dict[str, Any]]) -> list[str]:
     return [r["prompt"][0]["content"] + "\n" + r["completion"][0]["content"] for r in rows[:4000]]
 
 
-def _sft(model_dir: Path, rows: list[dict[str, Any]], cfg: TinyTraining, work: Path) -> dict:
-    """TRL's SFTTrainer on CPU; returns the last logged training loss and the step count."""
+def _sft(
+    model_dir: Path,
+    rows: list[dict[str, Any]],
+    cfg: TinyTraining,
+    work: Path,
+    label: str = "tiny seed",
+) -> dict:
+    """TRL's SFTTrainer on CPU; returns the last logged training loss and the step count.
+    Progress (steps done, rate, ETA) goes to stderr as `label` (tpo.progress)."""
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
+
+    from tpo import progress
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -199,6 +208,7 @@ def _sft(model_dir: Path, rows: list[dict[str, Any]], cfg: TinyTraining, work: P
         args=args,
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tok,
+        callbacks=[progress.trainer_callback(label)],
     )
     result = trainer.train()
     trainer.save_model(str(model_dir))
