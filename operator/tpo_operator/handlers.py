@@ -41,14 +41,17 @@ from tpo_operator.reconcile import (
     CreatePVC,
     CreateService,
     DeleteJob,
+    Denied,
     Event,
     JobOutcome,
     Peer,
     Plan,
     SuspendJob,
+    denied,
     job_state,
     observe,
     peer_of,
+    permitted,
     plan,
 )
 
@@ -76,7 +79,19 @@ log = logging.getLogger("tpo_operator")
 class ApiError(Exception):
     def __init__(self, status: int, body: str):
         self.status = status
+        self.body = body
         super().__init__(f"HTTP {status}: {body[:300]}")
+
+    @property
+    def message(self) -> str:
+        """The API server's Status message (what kubectl prints), else the raw body."""
+        try:
+            status = json.loads(self.body)
+        except ValueError:
+            return self.body.strip()
+        if isinstance(status, dict) and isinstance(status.get("message"), str):
+            return status["message"]
+        return self.body.strip()
 
 
 class Kube:
@@ -212,13 +227,22 @@ def _reconcile(api: Kube, body: dict[str, Any], namespace: str, name: str) -> No
     result = plan(spec, status, observed, now(), name, generation, peer)
     live = fetch_progress(P.targets(result.status, pod_list, name))
     result.status = P.with_progress(result.status, pod_list, live, name, now())
-    seen |= _apply(api, body, result, namespace, name, peer)
+    created, refused = _apply(api, body, result, namespace, name, peer)
+    if refused is not None:
+        # The pass is redone in full on the next trigger or timer tick (it is not marked
+        # reconciled: the admin may fix RBAC meanwhile); the run says what was refused.
+        result = denied(status, refused, now(), generation)
+        _post(body, result.actions)
+    else:
+        seen |= created
+        result.status = permitted(result.status, now(), generation)
     if result.status != status:
         data = result.status.model_dump(by_alias=True, mode="json")  # nulls clear fields
         data["history"] = [h.dump() for h in result.status.history]
         api.merge_patch(run_path(namespace, name) + "/status", {"status": data})
-    _SEEN.update(seen)  # only once all of it was applied: a failed pass is redone on the echo
-    _RECONCILED[(namespace, name)] = time.monotonic()
+    if refused is None:
+        _SEEN.update(seen)  # only once all of it was applied: a failed pass is redone on the echo
+        _RECONCILED[(namespace, name)] = time.monotonic()
     metrics.observe_run(namespace, name, result.status)
 
 
@@ -278,6 +302,16 @@ def compare_with(spec: dict[str, Any] | None) -> str | None:
     return ((spec or {}).get("evaluation") or {}).get("compareWith") or None
 
 
+# The verb and (group-qualified) resource of each write the plan can hold, for a refusal's report.
+_WRITES: dict[type, tuple[str, str]] = {
+    CreatePVC: ("create", "persistentvolumeclaims"),
+    CreateService: ("create", "services"),
+    CreateJob: ("create", "jobs.batch"),
+    DeleteJob: ("delete", "jobs.batch"),
+    SuspendJob: ("patch", "jobs.batch"),
+}
+
+
 def _apply(
     api: Kube,
     body: dict[str, Any],
@@ -285,48 +319,82 @@ def _apply(
     namespace: str,
     name: str,
     peer: Peer | None = None,
-) -> dict[tuple[str, str, str], tuple[Any, ...]]:
-    """Carries out the plan; returns the state of each Job it created (see `_SEEN`)."""
-    created = {}
+) -> tuple[dict[tuple[str, str, str], tuple[Any, ...]], Denied | None]:
+    """Carries out the plan's writes in order, then its Events and metrics.
+
+    Returns the state of each Job it created (see `_SEEN`) and the write the API server refused
+    with 403 (RBAC, or an admission plugin), if one was: the writes after it are not tried and
+    the plan's Events are not posted (they would announce what did not happen; the redone pass
+    posts them). Other API errors propagate, as before.
+    """
+    created: dict[tuple[str, str, str], tuple[Any, ...]] = {}
     snapshot = result.status.spec_snapshot
     spec = parse_spec(snapshot) if snapshot is not None else None
     for action in result.actions:
-        if isinstance(action, CreatePVC) and spec is not None:
-            claim = J.pvc(spec, namespace, name)
-            if claim is not None:
-                if J.pvc_owned(spec):
-                    kopf.adopt(claim, owner=body)
-                api.create(_core(namespace, "persistentvolumeclaims"), claim)
-        elif isinstance(action, CreateService) and spec is not None:
-            svc = J.train_service(spec, namespace, name, action.iteration)
-            kopf.adopt(svc, owner=body)
-            api.create(_core(namespace, "services"), svc)
-        elif isinstance(action, CreateJob) and spec is not None:
-            manifest = J.job(
-                spec,
-                namespace,
-                name,
-                action.phase,
-                action.iteration,
-                action.attempt,
-                compare_claim=peer.claim if peer is not None else None,
-            )
-            kopf.adopt(manifest, owner=body)
-            made = api.create(_jobs(namespace), manifest)
-            if made is not None:
-                created[(namespace, name, action.name)] = job_state(made)
-        elif isinstance(action, DeleteJob):
-            api.delete(f"{_jobs(namespace)}/{quote(action.name)}")
-        elif isinstance(action, SuspendJob):
-            ann = {USER_SUSPENDED: "true" if action.suspend else None}
-            patch = {"metadata": {"annotations": ann}, "spec": {"suspend": action.suspend}}
-            api.merge_patch(f"{_jobs(namespace)}/{quote(action.name)}", patch)
-        elif isinstance(action, Event):
+        if isinstance(action, Event | JobOutcome):
+            continue
+        try:
+            made = _write(api, body, action, spec, namespace, name, peer)
+        except ApiError as e:
+            if e.status != 403:
+                raise
+            verb, resource = _WRITES[type(action)]
+            return created, Denied(verb, resource, namespace, e.message)
+        if made is not None and isinstance(action, CreateJob):
+            created[(namespace, name, action.name)] = job_state(made)
+    _post(body, result.actions)
+    for action in result.of(JobOutcome):
+        metrics.observe_job(namespace, name, action.phase, action.outcome, action.reason)
+    return created, None
+
+
+def _write(
+    api: Kube,
+    body: dict[str, Any],
+    action: Any,
+    spec: Any,
+    namespace: str,
+    name: str,
+    peer: Peer | None,
+) -> dict[str, Any] | None:
+    """One write of a plan; a created Job's body (None: it existed, or no Job was made)."""
+    if isinstance(action, CreatePVC) and spec is not None:
+        claim = J.pvc(spec, namespace, name)
+        if claim is not None:
+            if J.pvc_owned(spec):
+                kopf.adopt(claim, owner=body)
+            api.create(_core(namespace, "persistentvolumeclaims"), claim)
+    elif isinstance(action, CreateService) and spec is not None:
+        svc = J.train_service(spec, namespace, name, action.iteration)
+        kopf.adopt(svc, owner=body)
+        api.create(_core(namespace, "services"), svc)
+    elif isinstance(action, CreateJob) and spec is not None:
+        manifest = J.job(
+            spec,
+            namespace,
+            name,
+            action.phase,
+            action.iteration,
+            action.attempt,
+            compare_claim=peer.claim if peer is not None else None,
+        )
+        kopf.adopt(manifest, owner=body)
+        return api.create(_jobs(namespace), manifest)
+    elif isinstance(action, DeleteJob):
+        api.delete(f"{_jobs(namespace)}/{quote(action.name)}")
+    elif isinstance(action, SuspendJob):
+        ann = {USER_SUSPENDED: "true" if action.suspend else None}
+        patch = {"metadata": {"annotations": ann}, "spec": {"suspend": action.suspend}}
+        api.merge_patch(f"{_jobs(namespace)}/{quote(action.name)}", patch)
+    return None
+
+
+def _post(body: dict[str, Any], actions: list[Any]) -> None:
+    """The Events among `actions`, on the run (kopf queues and posts them in order)."""
+    for action in actions:
+        if isinstance(action, Event):
             post = kopf.warn if action.type == "Warning" else kopf.info
             post(body, reason=action.reason, message=action.message)
-        elif isinstance(action, JobOutcome):
-            metrics.observe_job(namespace, name, action.phase, action.outcome, action.reason)
-    return created
 
 
 # --------------------------------------------------------------------------- kopf wiring

@@ -20,6 +20,7 @@ would undo a suspend of an admitted Job) and a resume creates it again, queued.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -654,6 +655,76 @@ def _set_running(ctx: _Ctx, step: Step) -> None:
     ctx.cond("Suspended", False, "Running")
     ctx.cond("Progressing", True, phase.value, st.message)
     ctx.cond("Ready", False, "Running", st.message)
+
+
+# --------------------------------------------------------------------------- refused writes
+
+PERMISSION_DENIED = "PermissionDenied"  # condition type: the last pass had a write refused (403)
+_RBAC_DENIAL = re.compile(r'cannot (\S+) resource "([^"]+)" in API group "([^"]*)"')
+_OWNER_REF_DENIAL = "cannot set blockOwnerDeletion"
+
+
+@dataclass(frozen=True)
+class Denied:
+    """A write of the plan that the API server refused with 403 Forbidden (RBAC, or an admission
+    plugin such as OwnerReferencesPermissionEnforcement), as the shell met it."""
+
+    verb: str  # create | patch | delete
+    resource: str  # plural, group-qualified outside the core group: "jobs.batch"
+    namespace: str
+    message: str  # the API server's Status message, verbatim
+
+
+def missing_permission(denial: Denied) -> str:
+    """The permission the refusal names, in Role terms (`<verb> <resource>` (group)).
+
+    The RBAC authorizer names it (`cannot create resource "x" in API group "g"`). The
+    ownerReference admission plugin does not: it refuses an owner reference with
+    blockOwnerDeletion when the creator may not `update` the owner's `finalizers`; the owner of
+    every object this operator creates is its TPORun. Otherwise the refused request itself.
+    """
+    from tpo.spec import API_GROUP, PLURAL
+
+    rbac = _RBAC_DENIAL.search(denial.message)
+    if rbac:
+        verb, resource, group = rbac.groups()
+        return f"{verb} {resource} (apiGroup {group or 'core'})"
+    if _OWNER_REF_DENIAL in denial.message:
+        return f"update {PLURAL}/finalizers (apiGroup {API_GROUP})"
+    return f"{denial.verb} {denial.resource}"
+
+
+def denied(status: TPORunStatus, denial: Denied, now: str, generation: int | None = None) -> Plan:
+    """The run after a pass whose write was refused: the status it had (the pass is redone in
+    full, on the next trigger or timer tick, as after any failed write, so nothing planned on
+    top of the refused write is recorded) plus a PermissionDenied condition naming the verb,
+    the resource and the missing permission, and a Forbidden Event only when that message is
+    new: a refusal repeated every retry is one Event, a different one (RBAC partly fixed) is
+    another.
+    """
+    message = (
+        f"cannot {denial.verb} {denial.resource} in namespace {denial.namespace}: missing "
+        f"permission {missing_permission(denial)}; the API server said: {denial.message}"
+    )
+    ctx = _Ctx(status, now, generation)
+    old = next((c for c in ctx.status.conditions if c.type == PERMISSION_DENIED), None)
+    if old is None or old.status != "True" or old.message != message:
+        ctx.event("Warning", "Forbidden", message)
+    st = ctx.status
+    st.phase = st.phase or RunPhase.pending
+    st.message = message
+    ctx.cond(PERMISSION_DENIED, True, "Forbidden", message)
+    ctx.cond("Progressing", False, "Forbidden", message)
+    return Plan(ctx.status, ctx.actions)
+
+
+def permitted(status: TPORunStatus, now: str, generation: int | None = None) -> TPORunStatus:
+    """The status after a pass whose writes all went through: a PermissionDenied condition, if
+    any, turns False (the admin granted the permission; the run proceeds)."""
+    old = next((c for c in status.conditions if c.type == PERMISSION_DENIED), None)
+    if old is None or old.status != "True":
+        return status
+    return set_condition(status, PERMISSION_DENIED, False, "Permitted", "", now, generation)
 
 
 # --------------------------------------------------------------------------- observation
