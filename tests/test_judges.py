@@ -25,6 +25,7 @@ import pytest
 from tpo import judges as J
 from tpo.errors import BadInput
 from tpo.judges import JudgeItem, load_judge, parse_rating, parse_verdict
+from tpo.progress import Progress
 from tpo.spec import Generation, Judge
 
 THOUGHT = "SECRET-THOUGHT-do-not-judge"
@@ -232,7 +233,9 @@ def test_reward_model_shapes_batches_and_response_only(tiny_rm):
     spec = Judge(type="rewardModel", rewardModel={"path": str(tiny_rm), "batchSize": 2})
     j = load_judge(spec)
     try:
-        scores = j.score_groups(groups_with_failure())
+        with Progress("judge", None, "calls", mode="off") as counted:
+            scores = j.score_groups(groups_with_failure())
+        assert counted.done == counted.total == 5  # the judge phase's progress: per response
         assert [len(g) for g in scores] == [5, 2]
         assert scores[0][4] is None and scores[1][1] is None
         assert all(isinstance(s, float) for s in scores[0][:4] + scores[1][:1])
@@ -382,7 +385,9 @@ def test_endpoint_pairwise_and_pointwise(fake_server, caplog):
     env = {J.API_KEY_ENV: "sk-test-secret-123"}
     spec = endpoint(url, apiKeySecretRef={"name": "judge", "key": "k"}, maxConcurrency=3)
     j = load_judge(spec, env=env)
-    g = j.score_groups([[item(r) for r in RESPONSES] + [item(None)]])[0]
+    with Progress("judge", None, "calls", mode="off") as counted:
+        g = j.score_groups([[item(r) for r in RESPONSES] + [item(None)]])[0]
+    assert counted.done == counted.total == 12  # one unit per call, from the pool's threads
     assert g[4] is None
     assert sorted(range(4), key=lambda i: g[i]) == sorted(range(4), key=lambda i: len(RESPONSES[i]))
     assert len(fake_server.requests) == 12

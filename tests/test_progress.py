@@ -154,3 +154,14 @@ def test_seed_build_reports_steps_with_an_eta_when_stderr_is_not_a_terminal(tmp_
     assert running[0].rate is not None and running[0].rate > 0
     last = snaps[-1]
     assert last is not None and last.done == last.total == 30 and last.eta == 0
+
+
+def test_concurrent_advances_are_all_counted():
+    """The endpoint judge advances from its thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = Progress("judge", None, "calls", mode="off")
+    p.expect(4000)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: p.advance(), range(4000)))
+    assert p.done == 4000

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Protocol
 
+from tpo import progress
 from tpo import spec as S
 from tpo.errors import BadInput
 
@@ -250,6 +251,8 @@ class RewardModelJudge(PointwiseJudge):
         self.sent = texts
         out: list[float | None] = []
         bs = self.cfg.batch_size
+        counter = progress.current()  # the judge phase's Progress: one unit per response
+        counter.expect(len(texts))
         for start in range(0, len(texts), bs):
             enc = self.tokenizer(
                 texts[start : start + bs],
@@ -264,6 +267,7 @@ class RewardModelJudge(PointwiseJudge):
             score = getattr(res, "score", None)
             logits = (score if score is not None else res.logits).float()
             out.extend(float(x) for x in logits.reshape(logits.shape[0], -1)[:, 0])
+            counter.advance(logits.shape[0])
         return out
 
     def close(self) -> None:
@@ -548,8 +552,17 @@ class ChatEndpoint:
     def complete(self, prompts: Sequence[str]) -> list[str | None]:
         if not prompts:
             return []
+        counter = progress.current()  # the judge phase's Progress: one unit per call
+        counter.expect(len(prompts))
+
+        def counted(prompt: str) -> str | None:
+            try:
+                return self.one(prompt)
+            finally:
+                counter.advance()
+
         with ThreadPoolExecutor(max_workers=self.cfg.max_concurrency) as pool:
-            return list(pool.map(self.one, prompts))
+            return list(pool.map(counted, prompts))
 
 
 def reply_text(body: Any) -> str | None:

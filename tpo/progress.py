@@ -202,22 +202,26 @@ class Progress:
         self._report()
 
     def advance(self, n: int = 1) -> None:
-        if n <= 0:
-            return
-        self.update_to(self.done + n)
+        """n more units (thread-safe: the endpoint judge's pool advances concurrently)."""
+        if n > 0:
+            self._move(None, n)
 
     def update_to(self, done: int) -> None:
         """Absolute position (a trainer's global step); the first call sets the rate's origin."""
+        self._move(done, 0)
+
+    def _move(self, done: int | None, delta: int) -> None:
         with self._lock:
+            target = self.done + delta if done is None else done
             if self.total is not None:
-                done = min(done, self.total)
+                target = min(target, self.total)
             if self._first is None:
                 # The origin is the first reading: what was done before (a resumed trainer's
                 # steps, or the first batch's wait) does not count towards the rate.
-                self._first = (self._clock(), done)
-            delta, self.done = done - self.done, done
-            if self._bar is not None and delta > 0:
-                self._bar.update(delta)
+                self._first = (self._clock(), target)
+            step, self.done = target - self.done, target
+            if self._bar is not None and step > 0:
+                self._bar.update(step)
         self._report()
 
     # -- reading
