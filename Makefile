@@ -54,7 +54,8 @@ test: setup tools lint
 
 crd: setup
 	$(BIN)/tpo crd > crds/tporun.yaml
-	cp crds/tporun.yaml charts/tpo-operator/crds/tporun.yaml
+	$(BIN)/python -c 'from tpo.crd import chart_template; print(chart_template(), end="")' \
+		> charts/tpo-operator/templates/crd.yaml
 
 clean:
 	rm -rf runs .cache .pytest_cache

@@ -101,7 +101,7 @@ def helm_template(
     helm: Path, tmp: Path, values: dict[str, Any], chart: Path = CHART, *extra: str
 ) -> subprocess.CompletedProcess[str]:
     cmd = [str(helm), "template", RELEASE, str(chart), "--namespace", NAMESPACE]
-    cmd += ["--include-crds", "-f", str(_values_file(tmp, values)), *extra]
+    cmd += ["-f", str(_values_file(tmp, values)), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
@@ -185,13 +185,56 @@ def test_validation_catches_a_broken_object(rendered):
 # --------------------------------------------------------------------------- CRD and RBAC
 
 
-def test_chart_crd_is_the_generated_crd(rendered):
-    chart_crd = (CHART / "crds" / "tporun.yaml").read_text()
-    assert chart_crd == (ROOT / "crds" / "tporun.yaml").read_text(), (
-        "charts/tpo-operator/crds/tporun.yaml is stale: `make crd` copies crds/tporun.yaml there"
+def test_chart_crd_template_is_generated():
+    from tpo.crd import CHART_TEMPLATE, chart_template
+
+    assert not (CHART / "crds").exists(), (
+        "a crds/ directory is installed by Helm once and never upgraded: the CRD is a template"
     )
-    crd = one(rendered["default"], "CustomResourceDefinition")
-    assert crd == yaml.safe_load(chart_crd)
+    assert (ROOT / CHART_TEMPLATE).read_text() == chart_template(), (
+        f"{CHART_TEMPLATE} is stale (tpo/spec.py changed): run `make crd`"
+    )
+
+
+def test_rendered_crd_is_the_generated_crd_kept_on_uninstall(rendered):
+    from tpo.crd import crd as generated
+
+    for variant, docs in rendered.items():
+        crd = one(docs, "CustomResourceDefinition")
+        want = generated()
+        assert crd["spec"] == want["spec"], variant
+        assert crd["metadata"]["name"] == want["metadata"]["name"]
+        # `helm uninstall` (and an upgrade that stops rendering it) leaves the CRD, and so
+        # every TPORun, in place (Helm's resource-policy annotation).
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert crd["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+def test_crd_is_part_of_the_release_so_upgrade_applies_it(helm, tmp_path):
+    """In the release manifest (what `helm upgrade` applies), not in Helm's crds/ (installed
+    once, never upgraded); `crds.install=false` leaves it out for kubectl-managed clusters."""
+    proc = subprocess.run([str(helm), "show", "crds", str(CHART)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout[:200]
+    cmd = [str(helm), "install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client"]
+    for install, count in ((True, 1), (False, 0)):
+        values = _values_file(tmp_path, {"crds": {"install": install}})
+        out = subprocess.run([*cmd, "-f", str(values)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        manifest = out.stdout.split("MANIFEST:", 1)[1].split("NOTES:", 1)[0]
+        docs = [d for d in yaml.safe_load_all(manifest) if d]
+        assert len(of_kind(docs, "CustomResourceDefinition")) == count
+        assert of_kind(docs, "Deployment"), "the rest of the chart renders either way"
+
+
+def test_values_without_crds_key_still_install_the_crd(helm, tmp_path):
+    """`helm upgrade --reuse-values` from chart 0.1.0 renders with that release's values, which
+    have no `crds` key: the CRD must still render (and nothing fail on the missing key)."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    assert values.pop("crds") == {"install": True}
+    (chart / "values.yaml").write_text(yaml.safe_dump(values))
+    assert len(of_kind(render(helm, tmp_path, {}, chart), "CustomResourceDefinition")) == 1
 
 
 def test_rbac_rules_are_the_operators_rules(rendered):
@@ -351,6 +394,7 @@ def test_dashboards_ship_as_labelled_configmaps(helm, tmp_path):
 
 BAD_VALUES = [
     ({"operator": {"metricsPort": 0}}, "/operator/metricsPort"),
+    ({"crds": {"install": "yes"}}, "/crds/install"),
     ({"operator": {"image": {"pullPolicy": "Sometimes"}}}, "/operator/image/pullPolicy"),
     ({"operator": {"imag": {"tag": "x"}}}, "imag"),
     ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
