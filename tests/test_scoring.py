@@ -187,11 +187,21 @@ def test_select_pair_ties_break_to_lowest_index():
 
 def test_select_pair_none_cases():
     assert select_pair([None, None], [False, False]) is None  # nothing valid to choose
-    assert select_pair([None, 1.0], [True, False]) is None  # a scored failure is not valid
+    # A scored failure is never chosen; the unscored parsed sample is, against it.
+    assert select_pair([None, 1.0], [True, False]) == Pair(0, 1)
     assert select_pair([0.3, 0.3, 0.3], [True] * 3) is None  # one distinct score
     assert select_pair([0.3], [True]) is None
     assert select_pair([0.3, None], [True, False]) == Pair(0, 1)  # failure gives a pair
     assert select_pair([0.3, None], [True, True]) is None  # judge error is not a failure
+
+
+def test_select_pair_when_the_judge_decided_nothing():
+    """No verdict: every sample scores None. A parsed sample still beats a failed one (the
+    paper's rule); the old rule skipped prompts with two or more parsed samples."""
+    assert select_pair([None, None, None], [True, True, False]) == Pair(0, 2)
+    assert select_pair([None, None], [False, True]) == Pair(1, 0)
+    assert select_pair([None, None], [True, True]) is None  # nothing known to prefer
+    assert select_pair([None, None], [False, False]) is None
 
 
 def test_select_pair_length_mismatch():
@@ -206,9 +216,11 @@ def test_select_pair_properties(scores, data):
     if pair is None:
         return
     assert ok[pair.chosen], "a parse failure was chosen"
-    assert scores[pair.chosen] is not None
     assert pair.chosen != pair.rejected
     valid = [s for s, o in zip(scores, ok, strict=True) if o and s is not None]
+    if not valid:  # the judge decided nothing: the first parsed sample vs the first failure
+        assert (pair.chosen, pair.rejected) == (ok.index(True), ok.index(False))
+        return
     assert scores[pair.chosen] == max(valid)
     if ok[pair.rejected]:
         assert all(ok), "a valid sample was rejected although a parse failure existed"

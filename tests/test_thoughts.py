@@ -81,7 +81,7 @@ def test_split_no_separator_is_failure():
 
 @pytest.mark.parametrize("tail", ["", "   \n\t"])
 def test_split_empty_response_is_failure(tail):
-    s = split_output(f"thinking {GENERIC_SEPARATOR}{tail}", GENERIC_SEPARATOR)
+    s = split_output(f"thinking\n{GENERIC_SEPARATOR}{tail}", GENERIC_SEPARATOR)
     assert (s.parse_ok, s.failure, s.thought) == (False, "empty_response", "thinking")
 
 
@@ -103,13 +103,15 @@ def test_split_never_raises_and_is_consistent(text, sep):
     assert s.parse_ok == bool(s.response)
     assert s.response == s.response.strip()
     if sep is not None and s.parse_ok:
-        assert sep in text and s.response in text
+        assert sep.lower() in " ".join(text.lower().split()) and s.response in text
 
 
 @given(st.text(max_size=50), st.text(min_size=1, max_size=50))
 def test_split_roundtrip(thought, response):
     sep = "<R>"
-    thought = thought.replace(sep, "")
+    # A quote right before the tag makes it a quoted mention, not a split (no quote there).
+    thought = thought.replace(sep, "").rstrip("\"'`“”‘’«»„*_")
+    response = response.lstrip("\"'`“”‘’«»„*_")
     s = split_output(f"{thought}{sep}{response}", sep)
     if response.strip():
         assert s.parse_ok and s.response == response.strip()

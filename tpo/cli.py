@@ -6,6 +6,7 @@
     tpo crd                                                  the CRD generated from the spec
     tpo tiny build --out DIR                                 the offline tiny seed model + data
     tpo tiny build-judge --out DIR                           a tiny pairwise judge for it
+    tpo realmodel build --out DIR                            SmolLM2 + MT-Bench, from packages
 
 Heavy modules are imported inside each command so `tpo crd` stays instant.
 """
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     tj.add_argument("--out", required=True)
     tj.add_argument("--seed-dir", default=".cache/tiny", help="the tiny seed it starts from")
     tj.add_argument("--force", action="store_true")
+
+    real = sub.add_parser("realmodel", help="a real instruction model, offline (SmolLM2-135M)")
+    rsub = real.add_subparsers(dest="real_command", required=True)
+    rb = rsub.add_parser("build", help="convert the packaged GGUF to a Hugging Face directory")
+    rb.add_argument("--out", required=True)
+    rb.add_argument("--force", action="store_true")
     return p
 
 
@@ -96,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             from tpo.tiny.judge_model import main as judge_main
 
             return judge_main(args)
+        if args.command == "realmodel":
+            from tpo.realmodel import main as real_main
+
+            return real_main(args)
         if args.command == "tiny":
             from tpo.tiny.seed import main as tiny_main
 
@@ -103,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # Ctrl-C outside a phase (`tpo run` handles it during phases)
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     raise AssertionError(args.command)
 
 

@@ -69,6 +69,7 @@ class Generator(Protocol):
         max_tokens: int,
         seed: int,
         budget: ThoughtBudget | None = None,
+        prefill: str | None = None,
     ) -> list[list[Completion]]: ...
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
@@ -87,16 +88,32 @@ def shard_items(items: Sequence[T], shard: int, shards: int) -> list[T]:
     return list(items[shard * n // shards : (shard + 1) * n // shards])
 
 
-def chat_prompt_ids(tokenizer: Any, user_message: str) -> list[int]:
-    """Token ids of one user turn plus the opened assistant turn (raw text without a template)."""
+def chat_prompt_ids(tokenizer: Any, user_message: str, prefill: str | None = None) -> list[int]:
+    """Token ids of one user turn plus the opened assistant turn (raw text without a template).
+
+    `prefill` (thoughtPrompt.prefill) starts the assistant turn with that text, which the model
+    continues: the template renders a final assistant message left open
+    (continue_final_message), as vLLM's chat API does with add_generation_prompt=False.
+    """
     if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": user_message}]
+        if prefill:
+            messages.append({"role": "assistant", "content": prefill})
         text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message}],
+            messages,
             tokenize=False,
-            add_generation_prompt=True,
+            add_generation_prompt=not prefill,
+            continue_final_message=bool(prefill),
         )
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(user_message, add_special_tokens=True)["input_ids"])
+    return list(tokenizer(user_message + (prefill or ""), add_special_tokens=True)["input_ids"])
+
+
+def with_prefill(outs: list[list[Completion]], prefill: str | None) -> list[list[Completion]]:
+    """The prefilled text is the start of every output (the thought includes it)."""
+    if not prefill:
+        return outs
+    return [[replace(c, text=prefill + c.text) for c in comps] for comps in outs]
 
 
 def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
@@ -107,8 +124,9 @@ def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
 
 
 def forced_prefix(text: str, separator: str) -> str:
-    """A thought cut at the budget, closed by the separator on a line of its own."""
-    joiner = "" if not text or text[-1].isspace() else "\n"
+    """A thought cut at the budget, closed by the separator on a line of its own (the split
+    reads a word separator only at the start of a line: docs/thought-format.md)."""
+    joiner = "" if not text or text.endswith("\n") else "\n"
     return f"{text}{joiner}{separator}"
 
 
@@ -232,10 +250,11 @@ class _Backend:
         max_tokens: int,
         seed: int,
         budget: ThoughtBudget | None = None,
+        prefill: str | None = None,
     ) -> list[list[Completion]]:
-        ids = [chat_prompt_ids(self.tokenizer, p) for p in prompts]
+        ids = [chat_prompt_ids(self.tokenizer, p, prefill) for p in prompts]
         if budget is not None and ids:
-            return generate_budgeted(
+            outs = generate_budgeted(
                 self,
                 ids,
                 n=n,
@@ -245,7 +264,8 @@ class _Backend:
                 seed=seed,
                 budget=budget,
             )
-        return self._run(
+            return with_prefill(outs, prefill)
+        outs = self._run(
             ids,
             n=n,
             temperature=temperature,
@@ -254,6 +274,7 @@ class _Backend:
             seeds=[seed + i for i in range(len(ids))],
             stop=None,
         )
+        return with_prefill(outs, prefill)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return count_tokens(self.tokenizer, texts)

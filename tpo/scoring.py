@@ -182,17 +182,21 @@ def select_pair(scores: Sequence[float | None], parse_ok: Sequence[bool]) -> Pai
     chosen: the highest score among samples that parsed and were scored; rejected: a parse
     failure if there is one (the paper uses failed outputs as rejected samples, which teaches
     the format), else the lowest score. Ties break towards the lowest sample index, so the
-    result is deterministic. A parse failure is never chosen. Prompts with no valid sample, or
-    whose valid scores are all equal with no failure to reject, give no pair: there is no
-    preference to learn.
+    result is deterministic. A parse failure (truncated outputs included) is never chosen.
+    When the judge scored no parsed sample (no verdict, judge errors) but some parsed and some
+    failed, the first parsed sample is chosen against the first failure: parsing is the one
+    preference still known, and skipping the prompt would lose it. Prompts with no parsed
+    sample, or whose valid scores are all equal with no failure to reject, give no pair:
+    there is no preference to learn.
     """
     if len(scores) != len(parse_ok):
         raise ValueError(f"{len(scores)} scores but {len(parse_ok)} parse flags")
+    failures = [i for i, ok in enumerate(parse_ok) if not ok]
     valid = [i for i, s in enumerate(scores) if parse_ok[i] and _usable(s)]
     if not valid:
-        return None
+        parsed = [i for i, ok in enumerate(parse_ok) if ok]
+        return Pair(parsed[0], failures[0]) if parsed and failures else None
     chosen = max(valid, key=lambda i: (scores[i], -i))
-    failures = [i for i, ok in enumerate(parse_ok) if not ok]
     if failures:
         return Pair(chosen, failures[0])
     rejected = min(valid, key=lambda i: (scores[i], i))
