@@ -4,9 +4,10 @@ The operator runs as its own process (`python -m tpo_operator -A`, the image's e
 its CPU time and resident memory are its own. The API server is kmock's emulator (as in
 tests/operator/harness.py) plus what a real one does that matters at this scale:
 `labelSelector` on list (the operator lists a run's Jobs and pods by label; without it every
-reconcile would read every run's objects). A simulated Job controller inside the emulator
-finishes each Job `--delay` seconds after it is created: a succeeded pod with the phase summary
-as its termination message, then the Job's Complete condition.
+reconcile would read every run's objects). The Job controller of the tests (tests/kubeemu.py's
+`JobSim`, the same one the operator and reliability tests use) finishes each Job `--delay`
+seconds after it is created: a succeeded pod with the phase summary as its termination message,
+then the Job's Complete condition, as the writes the real controller makes.
 
 Load: all N runs are created at once; each Job runs U(1 - jitter, 1 + jitter) x D seconds,
 D = N / rate, so every N sees the same offered load (`--rate` phase transitions per second;
@@ -51,6 +52,7 @@ sys.path.insert(0, str(C.ROOT / "tests" / "operator"))
 import aiohttp  # noqa: E402
 import harness as H  # noqa: E402
 import kmock  # noqa: E402
+from kubeemu import Emulator, JobSim  # noqa: E402  (harness puts tests/ on sys.path)
 
 from tpo.spec import API_GROUP, API_VERSION, PLURAL  # noqa: E402
 
@@ -78,7 +80,7 @@ def _matches(obj: dict[str, Any], selector: str) -> bool:
     return True
 
 
-class BenchEmulator(H.Emulator):
+class BenchEmulator(Emulator):
     """The harness emulator + labelSelector on list + timestamps + a simulated Job controller."""
 
     delay = 0.5
@@ -199,52 +201,17 @@ class BenchEmulator(H.Emulator):
         else:
             await asyncio.sleep(self.delay * self.rng.uniform(1 - self.jitter, 1 + self.jitter))
         assert self.session is not None
-        meta = job["metadata"]
-        labels = meta.get("labels") or {}
+        labels = job["metadata"].get("labels") or {}
         phase, t = labels[PHASE_LABEL], int(labels.get(ITER_LABEL, 0))
-        ns, name = meta.get("namespace", H.NAMESPACE), meta["name"]
-        tpl = job["spec"]["template"]
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"{name}-0",
-                "namespace": ns,
-                "labels": {**tpl["metadata"]["labels"], "job-name": name},
-            },
-            "status": {
-                "phase": "Succeeded",
-                "containerStatuses": [
-                    {
-                        "name": "worker",
-                        "state": {
-                            "terminated": {
-                                "exitCode": 0,
-                                "message": json.dumps(H.summary(phase, t)),
-                            }
-                        },
-                    }
-                ],
-            },
-        }
         hdr = {"User-Agent": BENCH_AGENT}
-        async with self.session.post(
-            f"{self.base}/api/v1/namespaces/{ns}/pods", json=pod, headers=hdr
-        ) as r:
-            await r.read()
-        status = {
-            "status": {
-                "succeeded": 1,
-                "active": 0,
-                "conditions": [{"type": "Complete", "status": "True", "reason": "Completed"}],
-            }
-        }
-        async with self.session.patch(
-            f"{self.base}/apis/batch/v1/namespaces/{ns}/jobs/{name}/status",
-            data=json.dumps(status),
-            headers={**hdr, "Content-Type": "application/merge-patch+json"},
-        ) as r:
-            await r.read()
+        for w in JobSim(job).succeed([json.dumps(H.summary(phase, t))]):
+            headers = {**hdr, "Content-Type": "application/merge-patch+json"}
+            if w.method == "POST":
+                headers["Content-Type"] = "application/json"
+            async with self.session.request(
+                w.method, self.base + w.path, data=json.dumps(w.body), headers=headers
+            ) as r:
+                await r.read()
 
 
 class BenchCluster(H.Cluster):

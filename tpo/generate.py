@@ -22,7 +22,7 @@ from tpo.spec import Generation
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# vLLM on CPU reserves most of RAM for its KV cache unless told otherwise (FIELD-NOTES).
+# vLLM on CPU reserves most of RAM for its KV cache unless told otherwise (docs/testing.md).
 CPU_KV_CACHE_BYTES = 512 << 20
 
 

@@ -46,6 +46,9 @@ USER_SUSPENDED = "tpo.dev/user-suspended"
 FOLDS_JOB_CREATED = ("Started", "PhaseSucceeded")
 # Job failure reasons a group restart would not fix: the time limit is spent.
 NOT_RESTARTED = ("DeadlineExceeded",)
+CONTROLLER_MESSAGE_MAX = 160  # the Job controller's message, beside the worker's
+# The pod a podFailurePolicy FailJob message names (pkg/controller/job/pod_failure_policy.go)
+FAILJOB_POD = re.compile(r"\bpod (?P<ns>[^/\s]+)/(?P<name>[^\s]+) (?:failed|has condition)", re.I)
 
 
 @dataclass(frozen=True)
@@ -57,15 +60,17 @@ class ObservedJob:
     iteration: int
     active: int = 0
     succeeded: int = 0
+    # Pods that failed by themselves (`_own_failure`), counted from the pods: not the Job's
+    # status.failed, which also counts the peers it deleted after a FailJob rule.
     failed: int = 0
     complete: bool = False
     failed_reason: str | None = None  # the Job's Failed condition reason, when failed
-    failed_message: str = ""
+    failed_message: str = ""  # the Job controller's own text (e.g. which podFailurePolicy rule)
     suspend: bool = False
     user_suspended: bool = False
     preempted: int = 0  # pods that failed with a DisruptionTarget condition
     summaries: tuple[dict[str, Any], ...] = ()  # termination messages of succeeded pods
-    pod_message: str = ""  # termination message (or log tail) of the last failed pod
+    pod_message: str = ""  # the worker's termination message (or log tail) of the failed pod
     attempt: int = 0  # > 0: a whole-group restart of a multi-node train
     queue: str | None = None  # Kueue LocalQueue (label): Kueue alone unsuspends the Job
     bad_input: bool = False  # a pod exited with EXIT_BAD_INPUT: retrying cannot help
@@ -337,7 +342,12 @@ def _event_once(ctx: _Ctx, reason: str, message: str) -> None:
 
 
 def _count_retries(ctx: _Ctx, jobs: list[ObservedJob]) -> None:
-    """Pod failures (retries) and preemptions per phase; monotone, an event per increase."""
+    """Pod failures (retries) and preemptions per phase; monotone, an event per increase.
+
+    A failure is a pod that failed by itself (`ObservedJob.failed`, from the pods): one crashed
+    rank of a multi-node train is one failure, though the Job controller counts the peers it
+    stopped too. Monotone, so pods garbage-collected later take nothing back.
+    """
     for phase in {j.phase for j in jobs}:
         of_phase = [j for j in jobs if j.phase == phase]
         for key, count, outcome in (
@@ -518,8 +528,25 @@ def _fail_step(
         )
     elif len(attempts) > 1:
         msg += f" after {len(attempts) - 1} group restart(s)"
-    detail = job.failed_message or job.pod_message
-    ctx.fail(reason, f"{msg}: {detail[-500:]}" if detail else msg, step[0])
+    ctx.fail(reason, _failure_detail(msg, job), step[0])
+
+
+def _failure_detail(msg: str, job: ObservedJob) -> str:
+    """`msg` with the worker's own words (its termination message: which file, line or field
+    was wrong), the Job controller's message shortened beside them.
+
+    The real Job controller always writes its own message into the Failed condition
+    (`Container worker for pod ... failed with exit code 3 matching FailJob rule at index 1`,
+    `Job has reached the specified backoff limit`): alone, it hides what the worker said.
+    """
+    worker = job.pod_message.strip()[-500:]
+    controller = job.failed_message.strip()
+    if len(controller) > CONTROLLER_MESSAGE_MAX:
+        controller = controller[: CONTROLLER_MESSAGE_MAX - 3] + "..."
+    if worker and controller:
+        return f"{msg}: {worker} (Job: {controller})"
+    detail = worker or controller
+    return f"{msg}: {detail}" if detail else msg
 
 
 def _record(ctx: _Ctx, job: ObservedJob, step: Step) -> None:
@@ -779,34 +806,63 @@ def _damaged_step(message: str) -> tuple[str, int] | None:
         return None
 
 
+def _disrupted(pod: dict[str, Any]) -> bool:
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conds)
+
+
+def _own_failure(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The terminated state of the container that failed this pod by itself, else None.
+
+    Not a failure of its own: a disrupted pod (DisruptionTarget: preemption, eviction, taint,
+    node shutdown), or a pod someone deleted (`deletionTimestamp`), which is how the Job
+    controller stops the peers of a pod that matched a FailJob rule (they end exit 143 and are
+    counted in the Job's status.failed, though nothing went wrong in them).
+    """
+    if (pod.get("status") or {}).get("phase") != "Failed" or _disrupted(pod):
+        return None
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    failed = [t for t in _terminated(pod) if t.get("exitCode")]
+    return failed[-1] if failed else None
+
+
 def _pod_facts(
-    pods: list[dict[str, Any]],
-) -> tuple[tuple[dict[str, Any], ...], int, str, bool, tuple[str, int] | None]:
-    """(summaries of succeeded pods, one per shard; preempted pods; last failure message;
-    whether a pod exited with EXIT_BAD_INPUT; the earlier step a pod found damaged)."""
+    pods: list[dict[str, Any]], culprit: str | None = None
+) -> tuple[tuple[dict[str, Any], ...], int, int, str, bool, tuple[str, int] | None]:
+    """(summaries of succeeded pods, one per shard; preempted pods; pods failed by themselves;
+    the worker's message of the failure (the pod `culprit`, which the Job's condition names,
+    else the last to fail); whether one exited EXIT_BAD_INPUT; the earlier step one found
+    damaged)."""
     by_shard: dict[int, dict[str, Any]] = {}
-    preempted, message, bad = 0, "", False
+    preempted, bad = 0, False
     damaged: tuple[str, int] | None = None
+    failures: list[tuple[bool, str, str, str, dict[str, Any]]] = []
     for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
         st = pod.get("status") or {}
+        name = (pod.get("metadata") or {}).get("name", "")
         if st.get("phase") == "Succeeded":
             for term in _terminated(pod):
                 summary = parse_summary(term.get("message", ""))
                 if summary is not None:
                     by_shard[int(summary.get("shard", 0) or 0)] = summary
-        elif st.get("phase") == "Failed":
-            conds = st.get("conditions") or []
-            if any(
-                c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conds
-            ):
-                preempted += 1
-            for term in _terminated(pod):
-                message = term.get("message") or term.get("reason") or message
-                bad = bad or term.get("exitCode") == EXIT_BAD_INPUT
-                if term.get("exitCode") == EXIT_UPSTREAM_DAMAGED:
-                    damaged = _damaged_step(term.get("message", "")) or damaged
+            continue
+        if st.get("phase") == "Failed" and _disrupted(pod):
+            preempted += 1
+        term = _own_failure(pod)
+        if term is None:
+            continue
+        created = str((pod.get("metadata") or {}).get("creationTimestamp") or "")
+        failures.append((name == culprit, str(term.get("finishedAt") or ""), created, name, term))
+        bad = bad or term.get("exitCode") == EXIT_BAD_INPUT
+        if term.get("exitCode") == EXIT_UPSTREAM_DAMAGED:
+            damaged = _damaged_step(term.get("message", "")) or damaged
+    message = ""
+    if failures:
+        term = max(failures, key=lambda f: f[:4])[4]  # the culprit, else the last to fail
+        message = term.get("message") or term.get("reason") or ""
     shards = tuple(by_shard[k] for k in sorted(by_shard))
-    return shards, preempted, message, bad, damaged
+    return shards, preempted, len(failures), message, bad, damaged
 
 
 def _attempt_of(obj: dict[str, Any]) -> int:
@@ -862,7 +918,9 @@ def observe(
         st = job.get("status") or {}
         conds = {c.get("type"): c for c in st.get("conditions") or [] if c.get("status") == "True"}
         failed = conds.get("Failed")
-        summaries, preempted, message, bad, damaged = _pod_facts(pods.get((step, attempt), []))
+        named = FAILJOB_POD.search((failed or {}).get("message") or "")
+        facts = _pod_facts(pods.get((step, attempt), []), named["name"] if named else None)
+        summaries, preempted, failures, message, bad, damaged = facts
         out.append(
             ObservedJob(
                 name=meta["name"],
@@ -870,7 +928,7 @@ def observe(
                 iteration=step[1],
                 active=int(st.get("active") or 0),
                 succeeded=int(st.get("succeeded") or 0),
-                failed=int(st.get("failed") or 0),
+                failed=failures,
                 complete="Complete" in conds,
                 failed_reason=(failed.get("reason") or "Failed") if failed else None,
                 failed_message=(failed or {}).get("message") or "",

@@ -14,19 +14,20 @@ Reusable by any test that needs the operator end to end (the metrics tests use i
 
 What is emulated and why: kmock 0.8's KubernetesEmulator stores objects and serves list/watch/
 patch, but sets no uid/namespace/creationTimestamp and has no Job controller or garbage
-collector. `Emulator` adds the metadata a real API server sets; the tests play the Job
-controller (pods with termination messages, Job status conditions) because none can run here.
+collector. tests/kubeemu.py (shared with the reliability tests and the control-plane
+benchmark) adds the metadata a real API server sets (`Emulator`) and the Job controller's
+decisions (`JobSim`: podFailurePolicy messages, peers deleted and counted, DisruptionTarget,
+startTime); the tests say when a pod succeeds, crashes or is preempted (`JobController`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
+import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,27 +37,14 @@ import requests
 
 from tpo.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
-NAMESPACE = "default"
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # tests/: the shared emulator
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kubeemu import NAMESPACE, Emulator, JobSim, Write, pods_of
 
-class Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator plus what a real API server adds on create: uid, namespace, timestamps."""
-
-    async def _handle(self, request: Any) -> Any:
-        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
-            meta = request.data.setdefault("metadata", {})
-            if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:8]
-            meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ"))
-            meta.setdefault("generation", 1)
-            meta.setdefault("resourceVersion", str(next(_VERSIONS)))
-            if request.namespace:
-                meta.setdefault("namespace", request.namespace)
-        return await super()._handle(request)
-
-
-_VERSIONS = itertools.count(1)
+# A wait returns as soon as its state holds: the limit only matters when something is wrong, so
+# it is sized for a loaded 2-core CI machine (the suite beside other jobs ran 2.5x slower).
+WAIT = 60.0
 
 
 class Cluster:
@@ -303,96 +291,89 @@ def running(tmp: Path | None = None, metrics_port: int | None = None) -> Iterato
 
 
 class JobController:
-    """Plays the Kubernetes Job controller: pods with termination messages, Job conditions."""
+    """The Kubernetes Job controller and kubelet (`kubeemu.JobSim`), driven by the test.
+
+    Each call reads the Job and its pods from the emulator, lets `JobSim` decide what the real
+    controller would do, and makes its writes over HTTP in order, so the operator may see
+    every intermediate state a real cluster shows (a failed pod before the Job's condition, the
+    FailureTarget before Failed). Outcomes follow the Job's own podFailurePolicy and
+    backoffLimit (the manifests of tpo_operator.jobs): the test says what a pod does, never
+    what the Job concludes.
+    """
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
-        self._pods = itertools.count()
 
-    def _pod(
-        self, job: dict[str, Any], phase: str, message: str, index: int = 0, exit_code: int = 1
-    ) -> dict:
-        tpl = job["spec"]["template"]
-        name = f"{job['metadata']['name']}-{index}-{next(self._pods)}"
-        return {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "labels": {**tpl["metadata"]["labels"], "job-name": job["metadata"]["name"]},
-            },
-            "spec": tpl["spec"],
-            "status": {
-                "phase": phase,
-                "containerStatuses": [
-                    {
-                        "name": "worker",
-                        "state": {
-                            "terminated": {
-                                "exitCode": 0 if phase == "Succeeded" else exit_code,
-                                "message": message,
-                            }
-                        },
-                    }
-                ],
-            },
-        }
+    # -- what the tests do to pods
+    def start(self, job: dict[str, Any] | str) -> dict[str, Any]:
+        """The Job's pods are scheduled and running (active, startTime)."""
+        return self._do(job, lambda sim: sim.start())
 
-    def succeed(self, job: dict[str, Any] | str, summaries: list[dict[str, Any]]) -> None:
-        """One succeeded pod per summary (shard), then the Job's Complete condition."""
-        job = self._job(job)
-        for i, summary in enumerate(summaries):
-            pod = self._pod(job, "Succeeded", json.dumps(summary), i)
-            self.cluster.create("pods", pod)
-        self._status(job, {"succeeded": len(summaries), "active": 0}, "Complete", "Completed")
+    def succeed(self, job: dict[str, Any] | str, summaries: list[dict[str, Any] | str]) -> None:
+        """Every pod succeeds, pod i with summaries[i] as its termination message; Complete."""
+        msgs = [s if isinstance(s, str) else json.dumps(s) for s in summaries]
+        self._do(job, lambda sim: sim.succeed(msgs))
 
-    def crash(self, job: dict[str, Any] | str, message: str = "Traceback: boom") -> None:
-        """A pod that failed (counts as a retry); the Job stays active."""
-        job = self._job(job)
-        failed = int((job.get("status") or {}).get("failed") or 0) + 1
-        self.cluster.create("pods", self._pod(job, "Failed", message))
-        self._status(job, {"failed": failed, "active": 1})
+    def crash(
+        self,
+        job: dict[str, Any] | str,
+        message: str = "Traceback: boom",
+        exit_code: int = 1,
+        index: int = 0,
+    ) -> dict[str, Any]:
+        """Pod `index`'s worker exits `exit_code`; the Job retries it, or fails if its policy
+        or backoffLimit says so. Returns the Job's status."""
+        return self._do(job, lambda sim: sim.crash(message, exit_code, index))
 
     def fail(
         self, job: dict[str, Any] | str, reason: str, message: str, exit_code: int = 1
-    ) -> None:
-        """The Job gives up (e.g. BackoffLimitExceeded, or PodFailurePolicy on an exit code)
-        after a last failed pod."""
-        job = self._job(job)
-        failed = int((job.get("status") or {}).get("failed") or 0) + 1
-        self.cluster.create("pods", self._pod(job, "Failed", message, exit_code=exit_code))
-        self._status(job, {"failed": failed, "active": 0}, "Failed", reason, message)
+    ) -> dict[str, Any]:
+        """Pods crash (`message`, `exit_code`) until the Job gives up; the controller must end
+        it with `reason` (e.g. BackoffLimitExceeded, PodFailurePolicy), as the test expects."""
+        sim = self._sim(job)
+        for _ in range(int(sim.spec.get("backoffLimit") or 6) + 2):
+            self._apply(sim.crash(message, exit_code))
+            if sim.finished:
+                break
+        got = sim.conditions().get("Failed", {})
+        assert got.get("reason") == reason, f"the Job controller said {got}, not {reason}"
+        return sim.status
 
-    def preempt(self, job: dict[str, Any] | str) -> None:
-        """A pod evicted with a DisruptionTarget condition: the Job ignores it (not failed)."""
-        job = self._job(job)
-        pod = self._pod(job, "Failed", "")
-        pod["status"]["conditions"] = [
-            {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}
-        ]
-        self.cluster.create("pods", pod)
-        self._status(job, {"active": 1})
+    def preempt(
+        self, job: dict[str, Any] | str, index: int = 0, reason: str = "PreemptionByScheduler"
+    ) -> dict[str, Any]:
+        """Pod `index` is disrupted (DisruptionTarget): not counted, a replacement starts."""
+        return self._do(job, lambda sim: sim.preempt(index, reason))
 
+    def sync(self, job: dict[str, Any] | str) -> dict[str, Any]:
+        """React to `spec.suspend` (pods deleted on suspend; on resume new ones, startTime)."""
+        return self._do(job, lambda sim: sim.sync())
+
+    def gc(self, job: dict[str, Any] | str) -> dict[str, Any]:
+        """Deleted pods finish terminating and disappear."""
+        return self._do(job, lambda sim: sim.gc())
+
+    def pods(self, job: dict[str, Any] | str) -> list[dict[str, Any]]:
+        return pods_of(self._job(job), self.cluster.list("pods"))
+
+    # -- plumbing
     def _job(self, job: dict[str, Any] | str) -> dict[str, Any]:
         name = job if isinstance(job, str) else job["metadata"]["name"]
         body = self.cluster.get("jobs", name)
         assert body is not None, f"job {name} does not exist"
         return body
 
-    def _status(
-        self,
-        job: dict[str, Any],
-        counts: dict[str, int],
-        condition: str | None = None,
-        reason: str = "",
-        message: str = "",
-    ) -> None:
-        status: dict[str, Any] = dict(counts)
-        if condition:
-            status["conditions"] = [
-                {"type": condition, "status": "True", "reason": reason, "message": message}
-            ]
-        self.cluster.patch("jobs", job["metadata"]["name"], {"status": status}, sub="status")
+    def _sim(self, job: dict[str, Any] | str) -> JobSim:
+        return JobSim(self._job(job), self.cluster.list("pods"))
+
+    def _do(self, job: dict[str, Any] | str, what: Callable[[JobSim], list[Write]]) -> dict:
+        sim = self._sim(job)
+        self._apply(what(sim))
+        return sim.status
+
+    def _apply(self, writes: list[Write]) -> None:
+        for w in writes:
+            self.cluster.api(w.method, w.path, w.body, merge=w.method == "PATCH")
 
 
 def summary(phase: str, iteration: int, shard: int = 0, shards: int = 1, **extra: Any) -> dict:

@@ -124,6 +124,7 @@ def test_observe_reads_shards_preemptions_and_failures():
                     {
                         "state": {
                             "terminated": {
+                                "exitCode": 0 if phase == "Succeeded" else 137,
                                 "message": message
                                 if isinstance(message, str)
                                 else "log line\n" + json.dumps(message)

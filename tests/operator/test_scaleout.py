@@ -266,12 +266,8 @@ def test_operator_creates_the_service_and_train_job_with_matching_names(cluster,
 
 def _fail_group(ctl: JobController, name: str, exit_code: int = 1) -> None:
     """One rank crashed: the FailJob rule fails the Job, the Job controller stops the rest."""
-    job = ctl._job(name)
-    pod = ctl._pod(job, "Failed", f"rank 1: RuntimeError (exit {exit_code})", index=1)
-    pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = exit_code
-    ctl.cluster.create("pods", pod)
-    msg = f"Container worker for pod default/{name}-1 failed with exit code {exit_code}"
-    ctl._status(job, {"failed": 1, "active": 0}, "Failed", "PodFailurePolicy", msg)
+    status = ctl.crash(name, f"rank 1: RuntimeError (exit {exit_code})", exit_code, index=1)
+    assert {c["type"]: c for c in status["conditions"]}["Failed"]["reason"] == "PodFailurePolicy"
 
 
 def test_losing_one_pod_restarts_the_whole_group_within_the_budget(cluster, ctl):

@@ -12,7 +12,8 @@ exception (BaseException: nothing in the operator catches it) raised before or a
 write reaches the store; a "fresh operator" is the next `reconcile_run` with cleared
 in-process state (locks, client), which is all kopf would give a new process: the API's
 objects. kopf's event poster (`kopf.info`/`kopf.warn`) is replaced by a writer into this store
-(an event is a write that can be lost too). The Job controller is played by `complete_live`.
+(an event is a write that can be lost too). The Job controller is tests/kubeemu.py's `JobSim`
+(the one the operator tests and the benchmark use), driven by `complete_live` and `job_sim`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import summary as phase_summary
+from kubeemu import JobSim, Write, merge_patch, rfc3339, stamp
 from tpo_operator import handlers
 from tpo_operator import jobs as J
 
@@ -56,19 +58,6 @@ class Fault:
 FAULT_KINDS = ("kill-before", "kill-after", "500", "timeout-after", "409-spurious", "controller")
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
-
-
 @dataclass
 class SimKube(handlers.Kube):
     """The operator's `Kube` against an in-memory store (its `request` replaced, nothing else)."""
@@ -96,10 +85,7 @@ class SimKube(handlers.Kube):
 
     def put(self, collection: str, obj: dict[str, Any]) -> dict[str, Any]:
         obj = copy.deepcopy(obj)
-        meta = obj.setdefault("metadata", {})
-        meta.setdefault("namespace", NAMESPACE)
-        meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault("generation", 1)
+        meta = stamp(obj.setdefault("metadata", {}), NAMESPACE)
         meta["resourceVersion"] = str(next(self._rv))
         self.store.setdefault(collection, {})[meta["name"]] = obj
         return obj
@@ -189,45 +175,50 @@ class SimKube(handlers.Kube):
 
     # -- the Job controller
     def complete_live(self) -> list[str]:
-        """Every Job not yet complete succeeds: one pod with the phase summary, then Complete."""
+        """Every Job not yet complete succeeds: a pod with the phase summary, then Complete."""
         done = []
         for job in self.items(JOBS):
             if _complete(job):
                 continue
             labels = job["metadata"]["labels"]
-            phase, t = labels[J.LABEL_PHASE], int(labels[J.LABEL_ITERATION])
-            name = job["metadata"]["name"]
-            pod = {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": f"{name}-0",
-                    "labels": {**job["spec"]["template"]["metadata"]["labels"], "job-name": name},
-                },
-                "status": {
-                    "phase": "Succeeded",
-                    "containerStatuses": [
-                        {
-                            "name": "worker",
-                            "state": {
-                                "terminated": {
-                                    "exitCode": 0,
-                                    "message": json.dumps(phase_summary(phase, t)),
-                                }
-                            },
-                        }
-                    ],
-                },
-            }
-            self.put(PODS, pod)
-            job["status"] = {
-                "succeeded": 1,
-                "active": 0,
-                "conditions": [{"type": "Complete", "status": "True", "reason": "Completed"}],
-            }
-            self.put(JOBS, job)
-            done.append(name)
+            summary = phase_summary(labels[J.LABEL_PHASE], int(labels[J.LABEL_ITERATION]))
+            self.controller(self.job_sim(job).succeed([json.dumps(summary)]))
+            done.append(job["metadata"]["name"])
         return done
+
+    def job_sim(self, job: dict[str, Any] | str) -> JobSim:
+        """The Job controller's view of one Job and its pods; pass what it returns (its
+        `crash`, `preempt`, `succeed`...) to `controller`."""
+        body = self.get(JOBS, job) if isinstance(job, str) else job
+        assert body is not None, f"job {job} does not exist"
+        return JobSim(body, self.items(PODS))
+
+    def controller(self, writes: list[Write]) -> None:
+        """The Job controller's and kubelet's writes, straight into the store: they are not the
+        operator's, so they take no fault and no write number."""
+        for w in writes:
+            collection = JOBS if w.resource == "jobs" else PODS
+            if w.method == "POST":
+                assert w.body is not None
+                self.put(collection, w.body)
+                continue
+            obj = self.get(collection, w.name)
+            if obj is None:
+                continue
+            if w.method == "DELETE":
+                if obj["metadata"].get("finalizers"):  # graceful: marked, kept until released
+                    self.put(
+                        collection, merge_patch(obj, {"metadata": {"deletionTimestamp": rfc3339()}})
+                    )
+                else:
+                    del self.store[collection][w.name]
+                continue
+            new = merge_patch(obj, w.body)
+            meta = new["metadata"]
+            if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+                del self.store[collection][w.name]
+            else:
+                self.put(collection, new)
 
     # -- kopf's event poster (best effort, like kopf's), as writes into this store
     def post_event(self, type_: str, body: dict[str, Any], reason: str, message: str) -> None:
