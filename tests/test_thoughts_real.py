@@ -103,3 +103,14 @@ def test_prefilled_outputs_start_with_the_header_and_the_thought_drops_it():
     assert s.response.startswith("In this movie review")
     emph = "**Here is my thought process:**" + rows[0]["text"][len(GENERIC_THOUGHT_HEADER) :]
     assert not split_output(emph, GENERIC_SEPARATOR).thought.startswith("**")
+
+
+def test_a_forced_separator_starts_a_line_so_the_split_reads_it():
+    """Budget forcing closes a cut thought with the separator; a real thought cut after a
+    space must still get it on a line of its own (the phrase rule), or the split misses it."""
+    from tpo.generate import forced_prefix
+
+    thought = generation("generic", "mtbench-82", 0)["text"][:200].rstrip() + " "
+    text = forced_prefix(thought, GENERIC_SEPARATOR) + " Dear supervisor, ..."
+    s = split_output(text, GENERIC_SEPARATOR)
+    assert s.parse_ok and s.response == "Dear supervisor, ..."

@@ -23,6 +23,7 @@ def tiny_spec(model: Path, dataset: Path, **over) -> dict:
             "backend": "transformers",
             "maxModelLen": 256,
             "enforceEager": True,
+            "keepTruncated": True,  # the untrained test model never stops within maxTokens
         },
         "judge": {"type": "programmatic", "programmatic": {"function": "judge_fixtures:by_length"}},
         "training": {

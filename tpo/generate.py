@@ -126,7 +126,9 @@ def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
 def forced_prefix(text: str, separator: str) -> str:
     """A thought cut at the budget, closed by the separator on a line of its own (the split
     reads a word separator only at the start of a line: docs/thought-format.md)."""
-    joiner = "" if not text or text.endswith("\n") else "\n"
+    phrase = len(separator.split()) > 1  # must start a line; a one-word tag need not
+    done = not text or text.endswith("\n") or (text[-1].isspace() and not phrase)
+    joiner = "" if done else "\n"
     return f"{text}{joiner}{separator}"
 
 

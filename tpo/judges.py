@@ -79,8 +79,29 @@ DEFAULT_POINTWISE_TEMPLATE = (
 )
 
 _VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
-_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]|Rating:\s*(\d+(?:\.\d+)?)")
+_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _OUTCOME = {"A": 1.0, "B": 0.0, "C": 0.5}
+_NUM = r"(\d+(?:\.\d+)?)"
+# The phrasings a judge uses when it does not write "[[A]]" (tests/test_judges_real.py). Each
+# names one side unambiguously; a sentence that merely mentions an assistant
+# ("[The End of Assistant B's Answer]") matches none of them.
+_LOOSE_VERDICTS = [
+    re.compile(r"(?<![\[\w])\[\s*([ABC])\s*\](?![\]\w])"),  # [A]
+    # The side's letter is matched in capitals only: "my verdict is a tie" names no side A.
+    re.compile(r"\bverdict\s*(?:is)?\s*[:=]?\s*\**\s*(?:assistant\s+)?((?-i:[ABC]))\b", re.I),
+    re.compile(
+        r"\b(?:assistant|response|answer)\s+((?-i:[AB]))(?:'s\s+(?:answer|response))?\s+is\s+"
+        r"(?:clearly\s+|slightly\s+|much\s+)?(?:the\s+)?better\b",
+        re.I,
+    ),
+    re.compile(
+        r"\b(?:it(?:'s|\s+is)\s+a\s+tie|verdict\s*(?:is)?\s*[:=]?\s*(?:a\s+)?tie)\b()", re.I
+    ),
+]
+_LOOSE_RATINGS = [
+    re.compile(rf"\b(?:rating|score)\s*[:=]\s*\**\s*{_NUM}(?:\s*(?:/|out\s+of)\s*(\d+))?", re.I),
+    re.compile(rf"(?<![\w.]){_NUM}\s*(?:/|out\s+of)\s*(\d+)\b", re.I),
+]
 
 
 @dataclass(frozen=True)
@@ -108,21 +129,47 @@ class JudgeUnavailable(RuntimeError):
 
 
 def parse_verdict(text: str | None) -> float | None:
-    """The LAST verdict marker wins (a judge may quote the format before it decides)."""
+    """The judge's verdict: 1.0 A, 0.0 B, 0.5 tie, None unread.
+
+    The format the template asks for, `[[A]]`/`[[B]]`/`[[C]]`, comes first, and its LAST
+    marker wins (a judge may quote the format before it decides, as MT-Bench's judges do).
+    Without one, the common phrasings are read: `[A]`, `Verdict: B` (also `Final verdict:
+    Assistant B`), `Assistant A is better` (`Assistant A's answer is better`, `Response B is
+    the better`), `It's a tie` / `Verdict: tie`. If those name different outcomes the reply
+    contradicts itself and is unread: no guess, the caller counts it.
+    """
     if not text:
         return None
     found = _VERDICT.findall(text)
-    return _OUTCOME[found[-1]] if found else None
+    if found:
+        return _OUTCOME[found[-1]]
+    loose = {(m.group(1) or "C").upper() for p in _LOOSE_VERDICTS for m in p.finditer(text)}
+    return _OUTCOME[loose.pop()] if len(loose) == 1 else None
 
 
 def parse_rating(text: str | None, low: float = 1.0, high: float = 10.0) -> float | None:
+    """The judge's rating on the scale low..high, or None unread.
+
+    `[[5]]` (the template's `Rating: [[5]]`) first, its last marker winning; else `Rating: 5`,
+    `Score: 5`, `5/10`, `5 out of 10`, `Rating: 5/10`. A stated scale must be `high` (`4/5`
+    is not a 4 out of 10); different values in one reply contradict each other: unread.
+    """
     if not text:
         return None
     found = _RATING.findall(text)
-    if not found:
+    if found:
+        value = float(found[-1])
+        return value if low <= value <= high else None
+    values = set()
+    for p in _LOOSE_RATINGS:
+        for m in p.finditer(text):
+            scale = m.group(2)
+            if scale is not None and float(scale) != high:
+                continue
+            values.add(float(m.group(1)))
+    if len(values) != 1:
         return None
-    a, b = found[-1]
-    value = float(a or b)
+    value = values.pop()
     return value if low <= value <= high else None
 
 

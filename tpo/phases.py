@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tpo import artifacts as A
-from tpo import progress
+from tpo import guards, progress
 from tpo.artifacts import ArtifactError, RunDir
 from tpo.errors import (
     EXIT_BAD_INPUT,
@@ -369,7 +369,7 @@ def generation_seed(seed: int, iteration: int, shard: int) -> int:
 def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
     from tpo.generate import budget_of, load_generator, shard_items
     from tpo.prompts import wrap
-    from tpo.thoughts import split_output
+    from tpo.thoughts import split_output, truncated
 
     prompts = shard_items(A.read_jsonl(run.prompts(iteration)), index, count)
     check_model(spec.model, "spec.model")
@@ -391,12 +391,15 @@ def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
                 max_tokens=g.max_tokens,
                 seed=generation_seed(g.seed, iteration, index),
                 budget=budget,
+                prefill=spec.thought_prompt.prefill,
             )
         elapsed = time.time() - started
         rows = []
         for p, w, comps in zip(prompts, wrapped, outs, strict=True):
             for k, c in enumerate(comps):
                 s = split_output(c.text, separator)
+                if not g.keep_truncated:
+                    s = truncated(s, c.finish_reason)
                 rows.append(
                     {
                         "prompt_id": p["prompt_id"],
@@ -423,6 +426,8 @@ def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
     for r, tn, rn in zip(rows, thought_n, resp_n, strict=True):
         r["thought_tokens"], r["response_tokens"] = tn, rn
     A.write_jsonl(run.samples(iteration, index), rows)
+    measures = guards.generate_measures(rows, bool(spec.thought_prompt.prefill), budget is not None)
+    warnings = guards.check(spec.guards, measures)
     ok = [r for r in rows if r["parse_ok"]]
     total_tokens = sum(r["tokens"] for r in rows)
     _pod_metrics(
@@ -432,11 +437,26 @@ def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         "prompts": len(prompts),
         "samples": len(rows),
         "parse_failure_rate": _rnd(1 - len(ok) / len(rows)) if rows else None,
+        **failure_counts(rows),
+        **({"warnings": warnings} if warnings else {}),
         "mean_thought_tokens": _rnd(mean([r["thought_tokens"] for r in ok]), 2),
         "mean_response_tokens": _rnd(mean([r["response_tokens"] for r in ok]), 2),
         "tokens_per_second": _rnd(total_tokens / max(elapsed, 1e-9), 1),
         **budget_summary(g.thought_budget if budget else None, rows),
     }
+
+
+def failure_counts(rows: list[dict]) -> dict[str, Any]:
+    """Each failure kind's count and share of the samples (guards and status read them)."""
+    if not rows:
+        return {}
+    n = len(rows)
+    out: dict[str, Any] = {}
+    for kind in ("no_separator", "empty_response", "truncated"):
+        k = sum(r.get("failure") == kind for r in rows)
+        out[kind] = k
+        out[f"{kind}_rate"] = _rnd(k / n)
+    return out
 
 
 def budget_summary(budget: int | None, rows: list[dict]) -> dict[str, Any]:
@@ -568,8 +588,15 @@ def judge(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int)
     A.write_jsonl(run.pairs(iteration, index), pair_rows)
     valid = [s for row in raw for s in row if s is not None]
     n_samples = sum(len(x) for x in oks)
+    replies, unread = _judge_replies(spec, j, battles, items)
+    warnings = guards.check(
+        spec.guards, guards.judge_measures(replies, unread, len(pair_rows), len(mine))
+    )
     return {
         "pairs": len(pair_rows),
+        "pair_yield": _rnd(len(pair_rows) / len(mine)) if mine else None,
+        **({"judge_no_verdict_rate": _rnd(unread / replies)} if replies else {}),
+        **({"warnings": warnings} if warnings else {}),
         "skipped_prompts": skipped,
         "judge_mean_score": _rnd(mean(valid)),
         "rho": _rnd(rho),
@@ -586,6 +613,17 @@ def judge(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int)
             else {}
         ),
     }
+
+
+def _judge_replies(spec: TPORunSpec, j: Any, battles: list[dict], items: list) -> tuple[int, int]:
+    """(judge replies, replies without a verdict): pairwise battles, or a pointwise endpoint's
+    ratings; (0, 0) for judges that always score (reward model, programmatic)."""
+    if battles:
+        return len(battles), sum(b["outcome"] is None for b in battles)
+    if spec.judge.type == "endpoint":
+        asked = sum(it.response is not None for g in items for it in g)
+        return asked, int(getattr(j, "unparsed", 0))
+    return 0, 0
 
 
 # --------------------------------------------------------------------------- train
@@ -612,6 +650,7 @@ def train(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int)
     from tpo.train import train_dpo
 
     pairs = read_pairs(spec, run, iteration)
+    guards.check_pairs(spec.guards, len(pairs), spec.judge.shards)
     check_model(spec.model, "spec.model")
     base = model_location(spec, run, iteration - 1)
     out = train_dpo(
@@ -673,6 +712,7 @@ def _eval_outputs(
                 max_tokens=spec.generation.max_tokens,
                 seed=spec.generation.seed,
                 budget=budget_of(budgeting, sep),
+                prefill=tp.prefill,
             )
             rows = []
             for p, c in zip(prompts, comps, strict=True):

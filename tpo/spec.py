@@ -159,6 +159,25 @@ class ThoughtPrompt(Model):
     separator: str | None = Field(
         None, description="Custom separator; text after it is the response."
     )
+    prefill: str | None = Field(
+        None,
+        min_length=1,
+        description="Text the assistant turn starts with, e.g. 'Here is my thought process:'; "
+        "the model continues it and the thought includes it (raises a weak model's format "
+        "compliance; docs/thought-format.md).",
+    )
+
+    @model_validator(mode="after")
+    def _prefill(self) -> ThoughtPrompt:
+        """A prefill that holds the separator would end the thought before the model writes."""
+        if self.prefill is None:
+            return self
+        if self.type == ThoughtPromptType.none.value:
+            raise ValueError("prefill: type 'none' has no thought to start")
+        _, separator = self.resolved()
+        if separator and separator.lower() in self.prefill.lower():
+            raise ValueError(f"prefill: must not contain the separator {separator!r}")
+        return self
 
     @model_validator(mode="after")
     def _custom(self) -> ThoughtPrompt:
@@ -208,6 +227,11 @@ class Generation(Model):
     )
     thought_budget_in_prompt: bool = Field(
         False, description="Also state the budget in the thought prompt (needs thoughtBudget)."
+    )
+    keep_truncated: bool = Field(
+        False,
+        description="Keep outputs cut at maxTokens as the split reads them; by default they "
+        "are failures of their own kind (truncated): never judged or chosen.",
     )
     seed: int = Field(0, ge=0, description="Sampling seed.")
 
@@ -543,6 +567,33 @@ class Images(Model):
 # --------------------------------------------------------------------------- the spec
 
 
+class Guards(Model):
+    """Stops for degenerate runs (docs/guards.md): a phase that measures a rate past its
+    `max`/`min` fails with the bad-input exit code and a message naming the rate, the
+    threshold and the likely cause; past its `warn` level it succeeds with a warning in its
+    summary. A max of 1 (a min of 0) turns that stop off."""
+
+    max_parse_failure_rate: float = Field(
+        0.9, ge=0.0, le=1.0, description="generate: fail above this share of parse failures."
+    )
+    warn_parse_failure_rate: float = Field(0.5, ge=0.0, le=1.0, description="generate: warn.")
+    max_truncated_rate: float = Field(
+        1.0, ge=0.0, le=1.0, description="generate: fail above this share cut at maxTokens."
+    )
+    warn_truncated_rate: float = Field(0.25, ge=0.0, le=1.0, description="generate: warn.")
+    max_judge_no_verdict_rate: float = Field(
+        0.9, ge=0.0, le=1.0, description="judge: fail above this share of replies unread."
+    )
+    warn_judge_no_verdict_rate: float = Field(0.25, ge=0.0, le=1.0, description="judge: warn.")
+    min_pair_yield: float = Field(
+        0.0, ge=0.0, le=1.0, description="judge: fail below this share of prompts with a pair."
+    )
+    warn_pair_yield: float = Field(0.25, ge=0.0, le=1.0, description="judge: warn.")
+    min_pairs: int = Field(
+        1, ge=0, description="train: fail with fewer pairs than this over all judge shards."
+    )
+
+
 class TPORunSpec(Model):
     model: SeedModel = Field(description="The seed model M0.")
     dataset: Dataset
@@ -555,6 +606,7 @@ class TPORunSpec(Model):
     storage: Storage = Field(default_factory=Storage)
     pools: Pools = Field(default_factory=Pools)
     images: Images = Field(default_factory=Images)
+    guards: Guards = Field(default_factory=Guards)
     suspend: bool = Field(False, description="Suspend the current Job; resume when false.")
     env: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -648,7 +700,6 @@ class RunPhase(StrEnum):
     succeeded = "Succeeded"
     failed = "Failed"
     suspended = "Suspended"
-    interrupted = "Interrupted"  # `tpo run` stopped by Ctrl-C / SIGTERM; run it again to resume
 
 
 PHASE_OF_STEP: dict[str, RunPhase] = {

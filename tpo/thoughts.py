@@ -9,11 +9,11 @@ real SmolLM2 outputs): the response starts after the FIRST occurrence of the sep
    punctuation (`**Here is my response:**`, `**Here is my response**:`);
 2. not quoted: no quote mark or backtick right before it or right after it (a model that
    quotes the prompt's own wording, `after "Here is my response:"`, has not responded yet);
-3. anchored, for a separator that starts with a letter or digit (a phrase): at the start of a
-   line, after nothing but whitespace and markdown line markers (`#`, `>`, `-`, `*`, `_`).
-   A phrase inside running text is the model talking about the format, not following it. A
-   separator that starts with a symbol (a tag such as `<R>`, or `###`) delimits itself and is
-   read anywhere, quotes excepted.
+3. anchored, for a separator of several words (one with whitespace in it, a phrase such as
+   "Here is my response:"): at the start of a line, after nothing but whitespace and markdown
+   line markers (`#`, `>`, `-`, `*`, `_`). A phrase inside running text is the model talking
+   about the format, not following it. A one-word separator (a tag such as `<R>`, `###`,
+   `</think>`) delimits itself and is read anywhere, quotes excepted.
 
 Anything else is no separator: near misses ("Here is your response:", "my response:",
 "Here is my thought process and response:") stay parse failures, since guessing at them
@@ -23,7 +23,7 @@ would hand the judge thought text as if it were the response.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from tpo.spec import GENERIC_THOUGHT_HEADER
@@ -34,7 +34,7 @@ class Split:
     thought: str
     response: str
     parse_ok: bool
-    failure: str | None  # None | "no_separator" | "empty_response"
+    failure: str | None  # None | "no_separator" | "empty_response" | "truncated"
 
 
 _QUOTES = "\"'`“”‘’«»„"
@@ -53,7 +53,7 @@ def separator_pattern(separator: str) -> re.Pattern[str]:
     core = r"\s+".join(parts)
     if punct:
         core += _EMPH + r"[ \t]*" + re.escape(punct)
-    anchored = body[:1].isalnum()
+    anchored = len(body.split()) > 1
     lead = rf"(?:^|(?<=\n)){_LINE_MARKERS}" if anchored else ""
     return re.compile(
         rf"{lead}(?<![{_QUOTES}]){_EMPH}(?P<sep>{core}){_EMPH}(?![{_QUOTES}])",
@@ -108,3 +108,13 @@ def split_output(text: str, separator: str | None) -> Split:
     if not response:
         return Split(thought, "", False, "empty_response")
     return Split(thought, response, True, None)
+
+
+def truncated(split: Split, finish_reason: str | None) -> Split:
+    """An output cut at maxTokens (finish reason `length`) is a failure of its own kind,
+    separator or not: its response stops mid-sentence, and as a chosen sample the chat
+    template would close it with the end-of-turn token, teaching the model to stop there.
+    Thought and response are kept for inspection; the judge never sees them."""
+    if finish_reason != "length":
+        return split
+    return replace(split, parse_ok=False, failure="truncated")
