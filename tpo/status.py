@@ -181,3 +181,72 @@ def set_condition(
 
 def condition(status: TPORunStatus, type_: str) -> Condition | None:
     return next((c for c in status.conditions if c.type == type_), None)
+
+
+# The run's lifecycle conditions, by the state the run is in: (type, status, reason), reason None
+# meaning the caller's (the failure's reason, the phase running). Kubernetes' convention: every
+# condition carries a CamelCase reason for its CURRENT status, so none is left behind by an
+# earlier state (a Failed=False "Running" on a run that succeeded). The first conditions of a
+# state are always written; the rest only updated where the run already has them.
+_LIFECYCLE: dict[str, tuple[tuple[str, bool, str | None], ...]] = {
+    "Running": (
+        ("Progressing", True, None),
+        ("Ready", False, "Running"),
+        ("Failed", False, "Running"),
+        ("Succeeded", False, "Running"),
+        ("Suspended", False, "Running"),
+    ),
+    "Succeeded": (
+        ("Succeeded", True, "AllIterationsDone"),
+        ("Progressing", False, "Finished"),
+        ("Ready", True, "Finished"),
+        ("Failed", False, "Succeeded"),
+        ("Suspended", False, "Finished"),
+    ),
+    "Failed": (
+        ("Failed", True, None),
+        ("Progressing", False, None),
+        ("Ready", False, None),
+        ("Succeeded", False, None),
+        ("Suspended", False, None),
+    ),
+    "Suspended": (
+        ("Suspended", True, "SpecSuspend"),
+        ("Progressing", False, "Suspended"),
+        ("Ready", False, "Suspended"),
+        ("Failed", False, "Suspended"),
+        ("Succeeded", False, "Suspended"),
+    ),
+    "Interrupted": (
+        ("Progressing", False, "Interrupted"),
+        ("Ready", False, "Interrupted"),
+        ("Failed", False, "Interrupted"),
+        ("Succeeded", False, "Interrupted"),
+        ("Suspended", False, "Interrupted"),
+    ),
+}
+# How many of each state's conditions are always written (the rest: only if present).
+_ALWAYS = {"Running": 3, "Succeeded": 4, "Failed": 3, "Suspended": 2, "Interrupted": 3}
+
+
+def set_lifecycle(
+    status: TPORunStatus,
+    state: str,
+    reason: str,
+    message: str,
+    now: str,
+    generation: int | None = None,
+) -> TPORunStatus:
+    """The lifecycle conditions (Progressing, Ready, Succeeded, Failed, Suspended) for a run
+    entering `state` (Running, Succeeded, Failed, Suspended, Interrupted), in a copy.
+
+    `reason` is the reason of what happened (the phase running, the failure); conditions with a
+    fixed reason for the state take that. The local runner and the operator both call this, so
+    one table decides what a run's conditions say in each state."""
+    present = {c.type for c in status.conditions}
+    new = status
+    for i, (type_, value, fixed) in enumerate(_LIFECYCLE[state]):
+        if i >= _ALWAYS[state] and type_ not in present:
+            continue
+        new = set_condition(new, type_, value, fixed or reason, message, now, generation)
+    return new

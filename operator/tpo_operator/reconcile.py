@@ -33,7 +33,7 @@ from tpo.spec import (
     TPORunStatus,
     parse_spec,
 )
-from tpo.status import apply_summary, merge_shards, set_condition
+from tpo.status import apply_summary, merge_shards, set_condition, set_lifecycle
 
 Step = tuple[str, int]
 
@@ -248,6 +248,10 @@ class _Ctx:
             self.status, type_, value, reason, message, self.now, self.generation
         )
 
+    def lifecycle(self, state: str, reason: str, message: str = "") -> None:
+        """Every lifecycle condition for the run entering `state` (tpo.status.set_lifecycle)."""
+        self.status = set_lifecycle(self.status, state, reason, message, self.now, self.generation)
+
     def event(self, type_: str, reason: str, message: str) -> None:
         self.actions.append(Event(type_, reason, message))
 
@@ -268,9 +272,7 @@ class _Ctx:
         st.phase = RunPhase.failed
         st.message = message
         st.finished_at = st.finished_at or self.now
-        self.cond("Failed", True, reason, message)
-        self.cond("Progressing", False, reason, message)
-        self.cond("Ready", False, reason, message)
+        self.lifecycle("Failed", reason, message)
         self.event("Warning", reason, message)
         if phase:
             self.actions.append(JobOutcome(phase, "failed", reason))
@@ -372,7 +374,8 @@ def _start(ctx: _Ctx, spec: TPORunSpec) -> None:
     st.started_at = st.started_at or ctx.now
     st.step, st.iteration = "prepare", 0
     st.phase = RunPhase.preparing
-    ctx.cond("Failed", False, "Running")
+    st.message = "prepare of iteration 0"
+    ctx.lifecycle("Running", st.phase.value, st.message)
     if spec.storage.claim_name is None:
         ctx.actions.append(CreatePVC())
     ctx.event("Normal", "Started", f"{spec.iterations} iteration(s)")
@@ -575,10 +578,7 @@ def _succeed(ctx: _Ctx, spec: TPORunSpec) -> None:
     st.message = f"{spec.iterations} iteration(s) done"
     if st.win_rate is not None:
         st.message += f", win rate {st.win_rate:.3f}"
-    ctx.cond("Succeeded", True, "AllIterationsDone", st.message)
-    ctx.cond("Progressing", False, "Finished", st.message)
-    ctx.cond("Ready", True, "Finished", st.message)
-    ctx.cond("Suspended", False, "Finished")
+    ctx.lifecycle("Succeeded", "AllIterationsDone", st.message)
     ctx.event("Normal", "Succeeded", st.message)
 
 
@@ -668,8 +668,7 @@ def _set_suspended(ctx: _Ctx, step: Step, message: str) -> None:
         ctx.event("Normal", "Suspended", message)
     st.phase = RunPhase.suspended
     st.message = message
-    ctx.cond("Suspended", True, "SpecSuspend", message)
-    ctx.cond("Progressing", False, "Suspended", message)
+    ctx.lifecycle("Suspended", "SpecSuspend", message)
 
 
 def _set_running(ctx: _Ctx, step: Step) -> None:
@@ -679,9 +678,7 @@ def _set_running(ctx: _Ctx, step: Step) -> None:
         ctx.event("Normal", "Resumed", f"{step[0]} of iteration {step[1]}")
     st.phase = phase
     st.message = f"{step[0]} of iteration {step[1]}"
-    ctx.cond("Suspended", False, "Running")
-    ctx.cond("Progressing", True, phase.value, st.message)
-    ctx.cond("Ready", False, "Running", st.message)
+    ctx.lifecycle("Running", phase.value, st.message)
 
 
 # --------------------------------------------------------------------------- refused writes
