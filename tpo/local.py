@@ -4,12 +4,18 @@ It takes the same manifest a user would `kubectl apply`, and runs the same `tpo 
 as the operator's Jobs, as subprocesses, in the same order. The run's status lives in
 `<run dir>/status.json` (the operator's status model), updated after every phase. Re-running
 continues where an interrupted run stopped: finished phases are skipped by their DONE markers.
+
+Ctrl-C (SIGINT) or SIGTERM stops the phase in flight cleanly: each phase runs in its own process
+group (so a terminal's Ctrl-C reaches only the runner), the runner sends SIGTERM to that whole
+group (the phase and its vLLM engine process), waits, sends SIGKILL after a grace period, records
+the run as Interrupted and exits 128 + the signal's number (130, 143), without a traceback.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +28,12 @@ from tpo import artifacts as A
 from tpo.artifacts import RunDir
 from tpo.errors import EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED, MAX_UPSTREAM_REDOS, BadInput
 from tpo.spec import PHASE_OF_STEP, RunPhase, SpecError, TPORunSpec, TPORunStatus, parse_manifest
-from tpo.status import apply_summary, merge_shards, set_condition
+from tpo.status import apply_summary, merge_shards, set_lifecycle
+
+# Seconds a phase's process group has to exit after SIGTERM before it is sent SIGKILL. vLLM's
+# engine shuts down in well under this on SIGTERM; a trainer mid-save may need a few seconds.
+GRACE_SECONDS = 15.0
+RESUME_HINT = "run the same command again: finished phases are kept"
 
 Step = tuple[str, int, int]  # (phase, iteration, shards)
 
@@ -78,9 +89,73 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached the runner. A BaseException (as KeyboardInterrupt is), so no
+    `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + self.signum
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group is left (a zombie awaiting its reaper counts as gone:
+    it holds no resources and runs nothing)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
+
+
+def stop_group(proc: subprocess.Popen, grace: float = GRACE_SECONDS) -> None:
+    """End a phase subprocess and every process of its group (it leads the group): SIGTERM,
+    wait up to `grace` seconds for all of them, then SIGKILL, and reap the leader. Signals that
+    reach the runner meanwhile are ignored: the cleanup is already under way."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    pgid = proc.pid
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader as soon as it exits
+            if not _group_alive(pgid):
+                break
+            time.sleep(0.1)
+        if not _group_alive(pgid):
+            break
+    proc.wait()
+
+
 class Runner:
     def __init__(self, run: RunDir, spec: TPORunSpec, quiet: bool = False):
         self.run, self.spec, self.quiet = run, spec, quiet
+        self.ran: set[tuple[str, int]] = set()  # steps this invocation ran (not skipped)
         self.status = (
             TPORunStatus.model_validate(A.read_json(run.status))
             if run.status.exists()
@@ -116,13 +191,15 @@ class Runner:
     def run_step(self, step: Step, index: int, total: int) -> int:
         phase, t, shards = step
         self.status.phase = PHASE_OF_STEP[phase]
-        self.status.iteration = t
-        self.status = set_condition(
-            self.status, "Progressing", True, "PhaseRunning", f"{phase} iteration {t}", now()
+        self.status.step, self.status.iteration = phase, t
+        self.status.message = f"{phase} of iteration {t}"
+        self.status = set_lifecycle(
+            self.status, "Running", self.status.phase.value, self.status.message, now()
         )
         self.save()
         summaries = []
         started = time.time()
+        ran = 0
         for shard in range(shards):
             try:
                 existing = A.read_done(
@@ -137,15 +214,22 @@ class Runner:
             rc = self._subprocess(phase, t, shard, shards)
             if rc != 0:
                 return rc
+            ran += 1
             done = self.run.done(phase, t, shard if phase in ("generate", "judge") else None)
             summaries.append(A.read_json(done))
         merged = merge_shards(summaries)
         self.status = apply_summary(self.status, merged)
         self.save()
-        self.say(
-            f"[{index:>2}/{total}] {phase:<8} iter {t}  {time.time() - started:6.1f}s  "
-            f"{describe(merged)}"
-        )
+        head = f"[{index:>2}/{total}] {phase:<8} iter {t}  "
+        if ran:
+            self.ran.add((phase, t))
+            done_before = f"  ({shards - ran} of {shards} shards done in a previous run)"
+            took = f"{time.time() - started:6.1f}s  {describe(merged)}"
+            self.say(head + took + (done_before if ran < shards else ""))
+        elif (phase, t) in self.ran:  # walked again after upstream damage: checked, still done
+            self.say(head + "checked: still done")
+        else:
+            self.say(head + f"skipped (done in a previous run)  {describe(merged)}")
         return 0
 
     def _subprocess(self, phase: str, t: int, shard: int, shards: int) -> int:
@@ -155,9 +239,23 @@ class Runner:
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
         env.pop("TPO_TERMINATION_LOG", None)
         with open(log, "w") as f:
-            proc = subprocess.run(
-                self.command(phase, t, shard, shards), stdout=f, stderr=subprocess.STDOUT, env=env
-            )
+            # Its own session, so its own process group: a terminal's Ctrl-C reaches the runner
+            # only, which then stops the whole group (the phase, its vLLM engine) and waits.
+            proc = None
+            try:
+                proc = subprocess.Popen(
+                    self.command(phase, t, shard, shards),
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+                proc.wait()
+            except Interrupted:
+                if proc is not None:
+                    stop_group(proc)
+                raise
+        assert proc is not None
         if proc.returncode == EXIT_UPSTREAM_DAMAGED:
             lines = log.read_text(errors="replace").splitlines()
             last = next((x for x in reversed(lines) if x.strip()), "")
@@ -175,15 +273,43 @@ class Runner:
     def fail(self, reason: str, message: str) -> None:
         self.status.phase = RunPhase.failed
         self.status.message = message
-        self.status = set_condition(self.status, "Failed", True, reason, message, now())
-        self.status = set_condition(self.status, "Progressing", False, reason, message, now())
+        self.status = set_lifecycle(self.status, "Failed", reason, message, now())
         self.status.finished_at = now()
         self.save()
 
+    def interrupted(self, signum: int) -> None:
+        """Record where the run was cut and how to go on; the phase's group is already gone."""
+        step = self.status.step or "prepare"
+        message = (
+            f"{signal.Signals(signum).name} during {step} of iteration {self.status.iteration}; "
+            f"{RESUME_HINT}"
+        )
+        self.status.phase = RunPhase.interrupted
+        self.status.message = message
+        self.status = set_lifecycle(self.status, "Interrupted", "Interrupted", message, now())
+        self.save()
+
     def execute(self) -> int:
+        """Run every step not yet done; 128 + signal number when SIGINT / SIGTERM stopped it."""
+        previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _raise_interrupted)
+        try:
+            return self._execute()
+        except Interrupted as e:
+            for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C: recording already
+                signal.signal(sig, signal.SIG_IGN)
+            self.interrupted(e.signum)
+            print(f"\ninterrupted: {self.status.message}", file=sys.stderr)
+            return e.exit_code
+        finally:
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])
+
+    def _execute(self) -> int:
         plan = steps(self.spec)
         self.status.started_at = self.status.started_at or now()
-        self.status = set_condition(self.status, "Failed", False, "Running", "", now())
+        self.status.finished_at = None  # a run resumed after an interruption or a failure
         redos = 0
         i = 0
         while i < len(plan):
@@ -204,14 +330,12 @@ class Runner:
                 return rc
             i += 1
         self.status.phase = RunPhase.succeeded
+        self.status.step = None
         self.status.message = f"{self.spec.iterations} iteration(s) done"
         self.status.finished_at = now()
-        for ctype, val, reason in (
-            ("Succeeded", True, "AllIterationsDone"),
-            ("Progressing", False, "Finished"),
-            ("Ready", True, "Finished"),
-        ):
-            self.status = set_condition(self.status, ctype, val, reason, self.status.message, now())
+        self.status = set_lifecycle(
+            self.status, "Succeeded", "AllIterationsDone", self.status.message, now()
+        )
         self.save()
         return 0
 

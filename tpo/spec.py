@@ -700,6 +700,7 @@ class RunPhase(StrEnum):
     succeeded = "Succeeded"
     failed = "Failed"
     suspended = "Suspended"
+    interrupted = "Interrupted"  # `tpo run` stopped by Ctrl-C / SIGTERM; run it again to resume
 
 
 PHASE_OF_STEP: dict[str, RunPhase] = {
