@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install checkov into its own venv (.venv-checkov): its pins conflict with the main venv's.
+# Install checkov into its own venv (.venv-checkov, ~290 MB): its pins conflict with the main venv's.
+# Nothing outside the project folder changes but pip's download cache (~/.cache/pip).
 # Idempotent: does nothing when the pinned version is already installed.
 set -euo pipefail
 

