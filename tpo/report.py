@@ -7,6 +7,7 @@ built from the status history alone, so a report can be redrawn from `status.jso
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tpo import artifacts as A
 from tpo.artifacts import RunDir
@@ -136,29 +137,114 @@ def comparison_section(status: TPORunStatus, spec: TPORunSpec) -> list[str]:
     return parts
 
 
-def plot(run: RunDir, status: TPORunStatus) -> Path:
+def baseline_label(spec: TPORunSpec) -> str:
+    """What iterations 1..T are judged against, in words (evaluation.baseline)."""
+    ev = spec.evaluation
+    if ev.baseline == "seed":
+        return f"the seed M0 ({spec.thought_prompt.type} thought prompt)"
+    if ev.baseline == "direct":
+        return "the seed M0 answering directly (no thoughts)"
+    ref = ev.baseline_model
+    name = (ref.path or ref.hub_id or "") if ref else ""
+    return f"baseline model {Path(name).name or name}"
+
+
+def _label(ax: Any, x: float, y: float | None, text: str, color: str) -> None:
+    """A value written above its point (or its interval), so the plot reads without a ruler."""
+    if y is not None:
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(0, 6), ha="center",
+                    fontsize=8, color=color)  # fmt: skip
+
+
+def figure(status: TPORunStatus, spec: TPORunSpec) -> Any:
+    """The report's figure: win rate and lengths for every iteration, iteration 0 included.
+
+    Iteration 0 is its own comparison (the seed prompted to think vs the same seed answering
+    directly: the paper's first row), so it gets its own marker and legend entry; iterations
+    1..T are M(t) vs the spec's baseline, named. Both y axes start at 0."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hist = [h for h in status.history if h.iteration >= 1 and h.win_rate is not None]
-    xs = [h.iteration for h in hist]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    if hist:
-        lo = [h.win_rate - (h.win_rate_low or h.win_rate) for h in hist]
-        hi = [(h.win_rate_high or h.win_rate) - h.win_rate for h in hist]
-        ax1.errorbar(xs, [h.win_rate for h in hist], yerr=[lo, hi], marker="o", capsize=4)
-    ax1.axhline(0.5, color="grey", linestyle="--", linewidth=1)
-    ax1.set(xlabel="iteration", ylabel="win rate vs baseline", title="Win rate (95% CI)")
+    hist = sorted(status.history, key=lambda h: h.iteration)
+    rated = [h for h in hist if h.iteration >= 1 and h.win_rate is not None]
+    seed_row = next((h for h in hist if h.iteration == 0 and h.win_rate is not None), None)
+    base = baseline_label(spec)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5))
+
+    def ci(rows: list[IterationStatus]) -> list[list[float]]:
+        return [
+            [r.win_rate - (r.win_rate_low if r.win_rate_low is not None else r.win_rate)
+             for r in rows if r.win_rate is not None],
+            [(r.win_rate_high if r.win_rate_high is not None else r.win_rate) - r.win_rate
+             for r in rows if r.win_rate is not None],
+        ]  # fmt: skip
+
+    if seed_row is not None:
+        ax1.errorbar([0], [seed_row.win_rate], yerr=ci([seed_row]), marker="s", color="grey",
+                     mfc="white", capsize=4, linestyle="none",
+                     label="iter 0: seed thinking vs seed answering directly")  # fmt: skip
+        top = seed_row.win_rate_high if seed_row.win_rate_high is not None else seed_row.win_rate
+        _label(ax1, 0, top, f"{seed_row.win_rate:.3f}", "grey")
+    if rated:
+        ax1.errorbar([h.iteration for h in rated], [h.win_rate for h in rated], yerr=ci(rated),
+                     marker="o", color="C0", capsize=4, label=f"M(t) vs {base}")  # fmt: skip
+        for h in rated:
+            top = h.win_rate_high if h.win_rate_high is not None else h.win_rate
+            _label(ax1, h.iteration, top, f"{h.win_rate:.3f}", "C0")
+    other = spec.evaluation.compare_with
+    versus = [h for h in hist if h.compare is not None and h.compare.win_rate is not None]
+    if other and versus:
+        ax1.plot([h.iteration for h in versus], [h.compare.win_rate for h in versus],  # type: ignore[union-attr]
+                 marker="^", color="C3", label=f"M(t) vs {other}'s M(t) (compareWith)")  # fmt: skip
+    ax1.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="0.5: even")
+    ax1.set(xlabel="iteration", ylabel="win rate (ties count half)",
+            title=f"Win rate vs {base}, 95% CI")  # fmt: skip
     ax1.set_ylim(0, 1)
-    ax2.plot(xs, [h.mean_thought_tokens for h in hist], marker="o", label="thought")
-    ax2.plot(xs, [h.mean_response_tokens for h in hist], marker="s", label="response")
-    ax2.set(xlabel="iteration", ylabel="mean tokens", title="Length per iteration")
-    ax2.legend()
+    # Legends under the panels: wide intervals (few eval prompts) leave no free corner inside.
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.16), "fontsize": 8, "ncol": 1}
+    ax1.legend(**below)
+
+    for field, name, marker, color in (
+        ("mean_thought_tokens", "thought", "o", "C1"),
+        ("mean_response_tokens", "response", "s", "C2"),
+    ):
+        pts = [(h.iteration, getattr(h, field)) for h in hist if getattr(h, field) is not None]
+        if pts:
+            ax2.plot([x for x, _ in pts], [y for _, y in pts], marker=marker, color=color,
+                     label=f"{name} tokens")  # fmt: skip
+            for x, y in pts:
+                _label(ax2, x, y, f"{y:.1f}", color)
+    thinks = spec.thought_prompt.type != "none"
+    for h in hist:  # evaluated, but no output parsed: say so rather than leave a gap
+        if thinks and h.win_rate is not None and h.mean_thought_tokens is None:
+            ax2.annotate("no parsed\noutput", (h.iteration, 0), textcoords="offset points",
+                         xytext=(0, 8), ha="center", fontsize=8, color="grey")  # fmt: skip
+    ax2.set(xlabel="iteration", ylabel="mean tokens per eval output",
+            title="Length of the model's eval outputs")  # fmt: skip
+    ax2.set_ylim(bottom=0, top=max([1.0, *(ax2.get_ylim()[1:])]) * 1.12)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(**{**below, "ncol": 2})
+
+    its = [h.iteration for h in hist] or [0]
     for ax in (ax1, ax2):
-        ax.set_xticks(xs or [1])
+        ax.set_xticks(range(0, max(its) + 1))
+        ax.set_xlim(-0.4, max(its) + 0.6)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(
+        f"TPO: thought prompt {spec.thought_prompt.type}, K={spec.generation.samples}, "
+        f"judge {spec.judge.type}; iteration 0 is the seed",
+        fontsize=10,
+    )
     fig.tight_layout()
+    return fig
+
+
+def plot(run: RunDir, status: TPORunStatus, spec: TPORunSpec) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = figure(status, spec)
     with A.atomic_path(run.plot) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
@@ -166,7 +252,7 @@ def plot(run: RunDir, status: TPORunStatus) -> Path:
 
 
 def write_report(run: RunDir, status: TPORunStatus, spec: TPORunSpec) -> Path:
-    plot(run, status)
+    plot(run, status, spec)
     last = max(status.history, key=lambda h: h.iteration) if status.history else None
     parts = [
         f"# TPO run report: {run.path.name}",
