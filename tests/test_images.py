@@ -1,6 +1,6 @@
 """The container images, without a Docker engine: lint the Dockerfiles and run their commands.
 
-No image can be built here (FIELD-NOTES), so this checks what can be: hadolint on every
+No image can be built here (docs/testing.md), so this checks what can be: hadolint on every
 Dockerfile; the bases pinned and the final user non-root; and the images' ENTRYPOINT/CMD, the
 chart's operator command and the operator's Job commands executed in the project venv (the same
 package the images install).

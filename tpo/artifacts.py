@@ -1,4 +1,4 @@
-"""The artifact layout (DESIGN.md, "Artifact contract") and its safe readers and writers.
+"""The artifact layout (docs/design.md, "Artifact contract") and its safe readers and writers.
 
 Every path a phase reads or writes comes from `RunDir`; nothing else in the code base builds an
 artifact path. Writes are atomic (temp file in the same directory, fsync, rename), and a phase's

@@ -1,7 +1,7 @@
 """Tiny Hugging Face models built offline: no hub, no download, seconds on a CPU.
 
 Used by the embedded example (`tpo tiny build`) and by every test that needs a real model for
-vLLM, TRL or a reward-model judge. Constraints found on this hardware (FIELD-NOTES.md): vLLM's
+vLLM, TRL or a reward-model judge. Constraints found on this hardware (docs/testing.md): vLLM's
 CPU attention needs head_dim in {32, 64, 80, ...}, so hidden 128 with 4 heads (head_dim 32).
 Digits are split one per token so arithmetic stays learnable by a ~1 M-parameter model.
 """

@@ -4,7 +4,7 @@ A ~1 M-parameter model cannot add two 3-digit numbers "in its head", but it can 
 at a time into a units-first scratchpad and read the result back. So thinking before answering
 pays off here, which is what TPO needs to show on 2 CPU cores: the seed sometimes writes a good
 scratchpad and sometimes a useless or wrong one, and preference learning on the judged responses
-teaches it to keep the good ones (FIELD-NOTES.md, "A toy TPO on 2 CPU cores").
+teaches it to keep the good ones (docs/design.md, "The tiny demo's recipe").
 
 Pure functions only: the seed builder (tpo.tiny.seed) and the judge both use them.
 """
@@ -23,7 +23,7 @@ RESPONSE_PREFIX = "The answer is"
 # A wrong but well-formed answer earns a little, flat: more than garbage (so committing to an
 # answer in the expected format is preferred), but never graded by closeness. Graded partial
 # credit let best-vs-worst pairs "prefer" one wrong answer over another, and DPO + NLL then
-# trained on wrong scratchpads (FIELD-NOTES: partial credit can be won without right answers).
+# trained on wrong scratchpads (docs/design.md: partial credit can be won without right answers).
 WRONG = 0.1
 MAX_RESPONSE_CHARS = 40  # a longer response rambles: its score is halved
 
