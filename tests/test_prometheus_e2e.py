@@ -32,9 +32,10 @@ from harness import Cluster, JobController, Operator, manifest, summary, wait_fo
 from tpo_operator import metrics
 
 from tpo import podmetrics
-from tpo.spec import PLURAL
+from tpo.spec import PHASE_OF_STEP, PLURAL
 
-pytestmark = pytest.mark.timeout(180)
+# a hung test is cut here; every wait inside reports its own state well before (harness.WAIT)
+pytestmark = pytest.mark.timeout(400)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "prom-e2e"  # its own name: counters of other tests' "demo" runs share this process
@@ -156,15 +157,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         with Cluster(folder) as cluster:
             started = len(metrics.bound_ports())
             with Operator(cluster, metrics_port=0) as op:
-                port = wait_for(lambda: metrics.bound_ports()[started:], 10, "metrics server")[0]
+                port = wait_for(lambda: metrics.bound_ports()[started:], what="metrics server")[0]
                 pod_port = podmetrics.start_if_configured(namespace="default", run=RUN)
                 assert pod_port
                 prom = Prometheus(
                     binary, folder, {"tpo-operator": port, "tpo-phase-pods": pod_port}
                 )
                 try:
-                    wait_for(prom.ready, 30, "prometheus ready")
-                    wait_for(lambda: len(prom.query("up == 1")) == 2, 30, "both targets scraped")
+                    wait_for(prom.ready, what="prometheus ready")
+                    wait_for(lambda: len(prom.query("up == 1")) == 2, what="both targets scraped")
                     yield {"cluster": cluster, "prom": prom, "operator": op}
                 finally:
                     prom.stop()
@@ -200,7 +201,7 @@ def finished_run(stack: dict[str, Any]) -> dict[str, Any]:
     for phase, t in STEPS:
         job = cluster.wait_job(f"{RUN}-{phase}-{t}")
         pod_phase(phase, t)
-        time.sleep(1.2)  # let Prometheus see the phase in flight
+        in_flight(stack["prom"], PHASE_OF_STEP[phase], time.time())
         if (phase, t) == ("generate", 1):
             ctl.crash(job, "CUDA error: out of memory")
             cluster.wait_status(RUN, lambda s: s.get("retries", {}).get("generate") == 1)
@@ -212,10 +213,21 @@ def finished_run(stack: dict[str, Any]) -> dict[str, Any]:
     prom: Prometheus = stack["prom"]
     wait_for(
         lambda: prom.query(f'tpo_run_phase{{run="{RUN}", phase="Succeeded"}} == 1'),
-        20,
-        "Prometheus saw the run succeed",
+        what="Prometheus saw the run succeed",
     )
     return status
+
+
+def in_flight(prom: Prometheus, phase: str, since: float) -> None:
+    """Waits until Prometheus holds the step in flight: the operator's run phase, and a scrape of
+    both targets begun after `since` (the pod's metrics were set; Prometheus stamps a sample
+    with its scrape's start). A fixed sleep of one scrape interval missed phases under load."""
+
+    def seen() -> bool:
+        now = prom.query(f'tpo_run_phase{{run="{RUN}", phase="{phase}"}} == 1')
+        return bool(now) and len(prom.query(f"timestamp(up == 1) > {since}")) == 2
+
+    wait_for(seen, what=f"Prometheus scraped the run {phase}")
 
 
 def variables(values: dict[str, str]) -> dict[str, str]:
@@ -270,7 +282,7 @@ def test_failures_phases_and_categories_match_what_happened(stack, finished_run)
     ]
     succeeded = prom.query(f'sum(tpo_job_outcomes_total{{run="{RUN}", outcome="succeeded"}})')
     assert float(succeeded[0]["value"][1]) == len(STEPS)
-    # the timeline saw the run pass through its phases (1 s scrapes, >= 1.2 s per step)
+    # the timeline saw the run pass through its phases (each step waited to be scraped)
     seen = prom.query(f'max_over_time(tpo_run_phase{{run="{RUN}"}}[5m]) == 1')
     assert {r["metric"]["phase"] for r in seen} >= {
         "Preparing",
@@ -298,6 +310,6 @@ def test_deleted_run_disappears(stack, finished_run):
     prom: Prometheus = stack["prom"]
     assert prom.query(f'tpo_run_info{{run="{RUN}"}}')
     cluster.api("DELETE", cluster.path(PLURAL, RUN))
-    wait_for(lambda: not prom.query(f'tpo_run_info{{run="{RUN}"}}'), 20, "run series gone")
+    wait_for(lambda: not prom.query(f'tpo_run_info{{run="{RUN}"}}'), what="run series gone")
     assert not prom.query(f'tpo_iteration_win_rate{{run="{RUN}"}}')
     assert prom.query('up{job="tpo-operator"} == 1')  # the operator itself is still there

@@ -64,7 +64,7 @@ class Cluster:
     # -- lifecycle
     def __enter__(self) -> Cluster:
         self._thread.start()
-        if not self._ready.wait(10):
+        if not self._ready.wait(WAIT):
             raise RuntimeError("emulator did not start")
         self._write_kubeconfig()
         return self
@@ -72,7 +72,7 @@ class Cluster:
     def __exit__(self, *exc: Any) -> None:
         if self._loop and self._stop:
             self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        self._thread.join(WAIT)
         self.http.close()
 
     def _serve(self) -> None:
@@ -121,7 +121,7 @@ class Cluster:
     # -- raw API
     def api(self, method: str, path: str, body: Any = None, merge: bool = True) -> dict[str, Any]:
         headers = {"Content-Type": "application/merge-patch+json" if merge else "application/json"}
-        r = self.http.request(method, self.url + path, json=body, headers=headers, timeout=10)
+        r = self.http.request(method, self.url + path, json=body, headers=headers, timeout=WAIT)
         if r.status_code >= 400:
             raise RuntimeError(f"{method} {path}: HTTP {r.status_code}: {r.text[:300]}")
         return r.json() if r.text else {}
@@ -139,7 +139,7 @@ class Cluster:
         return self.api("GET", self.path(resource, namespace=namespace)).get("items", [])
 
     def get(self, resource: str, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
-        r = self.http.get(self.url + self.path(resource, name, namespace), timeout=10)
+        r = self.http.get(self.url + self.path(resource, name, namespace), timeout=WAIT)
         return r.json() if r.status_code == 200 else None
 
     def create(self, resource: str, body: dict[str, Any], namespace: str = NAMESPACE) -> dict:
@@ -165,11 +165,11 @@ class Cluster:
         return [e for e in evs if name is None or e.get("involvedObject", {}).get("name") == name]
 
     # -- waiting
-    def wait_job(self, name: str, timeout: float = 15) -> dict[str, Any]:
+    def wait_job(self, name: str, timeout: float = WAIT) -> dict[str, Any]:
         return wait_for(lambda: self.get("jobs", name), timeout, f"job {name} created")
 
     def wait_status(
-        self, run: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 15
+        self, run: str, pred: Callable[[dict[str, Any]], bool], timeout: float = WAIT
     ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             status = (self.get(PLURAL, run) or {}).get("status") or {}
@@ -179,6 +179,25 @@ class Cluster:
             return wait_for(check, timeout, f"status of {run}")
         except TimeoutError as e:
             raise TimeoutError(f"{e}; last status: {self.run(run).get('status')}") from None
+
+    def wait_event(
+        self, run: str, reason: str, count: int = 1, timeout: float = WAIT
+    ) -> list[dict[str, Any]]:
+        """Waits until `count` events of `reason` about `run` exist; returns all of the run's.
+
+        kopf posts events from its own task, after the status patch of the same pass: a status
+        is no proof that its event arrived. Events of one object are posted in order, so once
+        the last one of a pass is here, so are the ones before it."""
+
+        def check() -> list[dict[str, Any]] | None:
+            evs = self.events(run)
+            return evs if [e.get("reason") for e in evs].count(reason) >= count else None
+
+        try:
+            return wait_for(check, timeout, f"{count} {reason} event(s) of {run}")
+        except TimeoutError as e:
+            got = [(ev.get("reason"), ev.get("message")) for ev in self.events(run)]
+            raise TimeoutError(f"{e}; events: {got}") from None
 
     # -- request log
     def requests(self, operator_only: bool = True) -> list[tuple[str, str, str]]:
@@ -207,7 +226,7 @@ class Cluster:
         return out
 
 
-def wait_for(fn: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
+def wait_for(fn: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = fn()
@@ -228,6 +247,7 @@ class Operator:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kopf", daemon=True)
         self.error: BaseException | None = None
+        self.settings: Any = None  # the kopf settings it runs with, as its startup left them
 
     def __enter__(self) -> Operator:
         self.start()
@@ -241,12 +261,12 @@ class Operator:
 
         handlers.METRICS_PORT = self.metrics_port
         self._thread.start()
-        if not self._ready.wait(15):
+        if not self._ready.wait(WAIT):
             raise RuntimeError(f"operator did not become ready: {self.error!r}")
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(15)
+        self._thread.join(WAIT)
         if self._thread.is_alive():
             raise RuntimeError("operator did not stop")
 
@@ -258,7 +278,7 @@ class Operator:
         import kopf
         import tpo_operator.handlers  # noqa: F401  (registers the handlers)
 
-        settings = kopf.OperatorSettings()
+        self.settings = settings = kopf.OperatorSettings()
         settings.scanning.disabled = True
         settings.peering.standalone = True
         settings.watching.reconnect_backoff = 0.1

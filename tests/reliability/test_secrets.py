@@ -68,7 +68,7 @@ class Capture(logging.Handler):
         self.lines.append(self.format(record) + repr(record.__dict__.get("args")))
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)  # a hung run is cut here; its waits report first (harness.WAIT)
 def test_operator_never_exposes_the_secrets(tmp_path):
     doc = manifest(
         iterations=3,
@@ -96,6 +96,7 @@ def test_operator_never_exposes_the_secrets(tmp_path):
             for phase, t in steps(3):
                 ctl.succeed(cluster.wait_job(f"demo-{phase}-{t}"), [summary(phase, t)])
             cluster.wait_status("demo", lambda s: s.get("phase") == "Succeeded")
+            cluster.wait_event("demo", "Succeeded")  # the last event, posted after the status
             objects = {
                 res: cluster.list(res)
                 for res in ("tporuns", "jobs", "pods", "services", "persistentvolumeclaims")
