@@ -400,6 +400,20 @@ def _post(body: dict[str, Any], actions: list[Any]) -> None:
 # --------------------------------------------------------------------------- kopf wiring
 
 
+# Watch-stream timeouts, seconds. A watch stalled by a dead proxy or load balancer (the
+# operator's connection stays open, the one behind it to the API server is gone) never ends by
+# itself: no event, no close, so no Job or TPORun change reaches the operator. server_timeout
+# asks the API server to end each watch cleanly (kopf then resumes from the last
+# resourceVersion); client_timeout ends, from our side, a stream that outlives that: it is dead,
+# reconnect (kopf's docs: never shorter than the server's). connect_timeout bounds each watch's
+# TCP connect (otherwise networking.request_timeout, 5 minutes). kopf 1.45's inactivity_timeout
+# (70 s without an event or bookmark) may notice a silent stall sooner; client_timeout does not
+# depend on the server sending bookmarks. tests/operator/test_watch_stall.py shortens it.
+WATCH_SERVER_TIMEOUT = 300.0
+WATCH_CLIENT_TIMEOUT = WATCH_SERVER_TIMEOUT + 30.0
+WATCH_CONNECT_TIMEOUT = 30.0
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _KUBE
@@ -407,7 +421,9 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     for memo in (_SEEN, _PEERS, _RECONCILED):
         memo.clear()  # what another operator instance saw (tests start several per process)
     settings.posting.level = logging.INFO
-    settings.watching.server_timeout = 300
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
+    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
+    settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT
     # Serve the namespaces given and the CRD present at start; no namespace/CRD discovery, so
     # the Role needs no list/watch on namespaces or customresourcedefinitions (least privilege).
     settings.scanning.disabled = True
