@@ -28,7 +28,8 @@ from tpo_operator.reconcile import (
 
 from tpo.spec import API_GROUP, KIND, PLURAL, RunPhase, TPORunStatus
 
-pytestmark = pytest.mark.timeout(60)
+# a hung test is cut here; every wait inside reports its own state well before (harness.WAIT)
+pytestmark = pytest.mark.timeout(300)
 
 NOW = "2024-01-01T00:00:00Z"
 USER = "system:serviceaccount:tpo-system:tpo-tpo-operator"

@@ -17,7 +17,8 @@ from tpo.crd import crd
 from tpo.progress import Progress
 from tpo.spec import RunPhase, RunProgress, TPORunStatus
 
-pytestmark = pytest.mark.timeout(60)
+# a hung test is cut here; every wait inside reports its own state well before (harness.WAIT)
+pytestmark = pytest.mark.timeout(300)
 NOW = "2026-12-01T10:00:00Z"
 
 
