@@ -401,6 +401,10 @@ def _advance(ctx: _Ctx, spec: TPORunSpec, jobs: dict[str, ObservedJob], run: str
         if not job.complete:
             _live(ctx, spec, job, step)
             return
+        pending = ctx.status.retries.get(f"{step[0]}:{step[1]}:redo-pending", 0) - 1
+        if pending > job.attempt:  # a later step found this output damaged: redo it first
+            _create(ctx, spec, jobs, run, step, pending)
+            return
         _record(ctx, job, step)
         idx += 1
         if idx == len(order):
@@ -455,6 +459,9 @@ def _redo_upstream(
     ctx.status.retries[key] = count + 1
     ctx.status.retries[answered] = job.attempt + 1
     ctx.status.retries[redo] = nxt + 1
+    # the earlier step's own record of the redo, so a pass that starts there (e.g. while the
+    # run is suspended and the redo's Job is not made yet) redoes it, not walks over it again
+    ctx.status.retries[f"{up[0]}:{up[1]}:redo-pending"] = nxt + 1
     ctx.event(
         "Warning",
         "UpstreamDamaged",
