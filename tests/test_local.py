@@ -18,6 +18,7 @@ from tinyrun import tiny_spec, write_dataset
 from tpo import artifacts as A
 from tpo.artifacts import RunDir
 from tpo.errors import EXIT_BAD_INPUT
+from tpo.progress import parse_line
 
 TESTS = Path(__file__).parent
 
@@ -133,6 +134,9 @@ def test_one_iteration_end_to_end_with_vllm_interrupted_and_resumed(tmp_path, ti
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "prepare  iter 0  skipped (done in a previous run)" in p.stdout, p.stdout
     assert "evaluate iter 0  skipped" not in p.stdout  # the cut phase ran again
+    # each phase's progress (in its log file, not a terminal) reaches the person running it
+    seen = {s.label.split()[0] for s in map(parse_line, p.stderr.splitlines()) if s}
+    assert {"generate", "train", "evaluate"} <= seen, p.stderr[-3000:]
     status = json.loads(run.status.read_text())
     assert status["phase"] == "Succeeded" and problems(status) == []
     hist = {h["iteration"]: h for h in status["history"]}

@@ -27,6 +27,7 @@ import yaml
 from tpo import artifacts as A
 from tpo.artifacts import RunDir
 from tpo.errors import EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED, MAX_UPSTREAM_REDOS, BadInput
+from tpo.progress import parse_line
 from tpo.spec import PHASE_OF_STEP, RunPhase, SpecError, TPORunSpec, TPORunStatus, parse_manifest
 from tpo.status import apply_summary, merge_shards, set_lifecycle
 
@@ -250,7 +251,7 @@ class Runner:
                     env=env,
                     start_new_session=True,
                 )
-                proc.wait()
+                follow_progress(proc, log)
             except Interrupted:
                 if proc is not None:
                     stop_group(proc)
@@ -338,6 +339,27 @@ class Runner:
         )
         self.save()
         return 0
+
+
+def follow_progress(proc: subprocess.Popen[bytes], log: Path, poll: float = 1.0) -> None:
+    """Wait for the phase, echoing its progress lines (tpo.progress) from its log to stderr:
+    the phase's output goes to a file, and a person watching `tpo run` would otherwise see
+    nothing between a phase's start and its end."""
+    with open(log, errors="replace") as r:
+        pending = ""
+        while True:
+            try:
+                proc.wait(timeout=poll)
+                done = True
+            except subprocess.TimeoutExpired:
+                done = False
+            pending += r.read()
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                if parse_line(line) is not None:
+                    print(f"        {line.strip()}", file=sys.stderr, flush=True)
+            if done:
+                return
 
 
 def describe(summary: dict[str, Any]) -> str:
