@@ -20,9 +20,7 @@ def rows(name: str) -> tuple[dict, ...]:
 def generation(arm: str, qid: str, sample: int) -> dict:
     """One real output: arm generic | specific | generic-prefill, id like 'mtbench-91'."""
     (row,) = [
-        r
-        for r in rows("generations")
-        if (r["arm"], r["id"], r["sample"]) == (arm, qid, sample)
+        r for r in rows("generations") if (r["arm"], r["id"], r["sample"]) == (arm, qid, sample)
     ]
     return row
 

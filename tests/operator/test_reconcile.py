@@ -127,7 +127,7 @@ def test_observe_reads_shards_preemptions_and_failures():
                                 "exitCode": 0 if phase == "Succeeded" else 137,
                                 "message": message
                                 if isinstance(message, str)
-                                else "log line\n" + json.dumps(message)
+                                else "log line\n" + json.dumps(message),
                             }
                         }
                     }
