@@ -166,7 +166,9 @@ def with_progress(
     """`status` with its `progress` set from this pass's readings (pod name -> readings)."""
     prev = status.progress
     if status.phase == RunPhase.succeeded:
-        last = prev.phase if prev else (status.step or "evaluate")
+        # the run's last step, whatever progress the operator happened to see before it (a
+        # restarted operator may have missed the final step's readings): one status per outcome
+        last = "evaluate"
         new: RunProgress | None = _finish(
             RunProgress(
                 phase=last,
@@ -176,7 +178,7 @@ def with_progress(
                 updated_at=prev.updated_at if prev else now,
             )
         )
-        if prev is not None and prev.percent == 100.0:
+        if prev is not None and prev.percent == 100.0 and prev.phase == last:
             new = prev
     elif status.phase == RunPhase.suspended:
         new = prev
