@@ -438,7 +438,11 @@ def _redo_upstream(
         return False
     busy = sorted(j.name for j in jobs.values() if not j.finished)
     if busy:  # a Job of the run still runs (a restarted operator's leftovers): wait for it
-        ctx.status.message = f"waiting for {', '.join(busy)} to finish"
+        if spec.suspend:
+            _set_suspended(ctx, step, f"suspended before redoing {up[0]} of iteration {up[1]}")
+        else:
+            _set_running(ctx, step)
+            ctx.status.message = f"waiting for {', '.join(busy)} to finish"
         return True
     key = f"{step[0]}:{step[1]}:upstream-redos"
     answered = f"{step[0]}:{step[1]}:upstream-answered"  # this step's attempt + 1 (0: unset)

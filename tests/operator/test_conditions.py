@@ -79,3 +79,31 @@ def test_any_pass_from_a_convention_following_status_keeps_to_it(world):
     status = first.model_copy(update={k: getattr(status, k) for k in keep})
     status = plan(spec, status, jobs, NOW, "demo").status
     assert problems(status) == [], (status.phase, status.conditions)
+
+
+def test_a_resumed_run_waiting_to_redo_damaged_input_says_it_runs():
+    """Found by the property above: evaluate(2) found prepare's output damaged while a Job
+    from before a suspend still runs; the pass that resumes and waits for it says Running,
+    not the Suspended it came from."""
+    suspended = plan(SPEC.model_copy(update={"suspend": True}), TPORunStatus(), [], NOW, "demo")
+    status = suspended.status.model_copy(
+        update={"phase": "Suspended", "step": "judge", "iteration": 2}
+    )
+    jobs = [
+        ObservedJob("demo-generate-2", "generate", 2, active=1),
+        done("demo-judge-2", "judge", 2),
+        done("demo-train-2", "train", 2),
+        ObservedJob(
+            "demo-evaluate-2",
+            "evaluate",
+            2,
+            failed=1,
+            failed_reason="BackoffLimitExceeded",
+            damaged=("prepare", 0),
+        ),
+    ]
+    resumed = plan(SPEC, status, jobs, NOW, "demo").status
+    assert resumed.phase != "Suspended" and "demo-generate-2" in resumed.message
+    assert problems(resumed) == [], resumed.conditions
+    again = plan(SPEC.model_copy(update={"suspend": True}), status, jobs, NOW, "demo").status
+    assert again.phase == "Suspended" and problems(again) == [], again.conditions
