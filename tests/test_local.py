@@ -238,6 +238,10 @@ def test_damage_after_the_runner_checked_a_step_is_redone_then_the_run_goes_on(
     # Kubernetes' condition convention holds after every transition the runner wrote
     assert len(saved) >= 2 * len(L.steps(spec)) and saved[-1].phase == "Succeeded"
     assert [(s.phase, problems(s)) for s in saved if problems(s)] == []
+    done = saved[-1].progress  # a finished run's progress: its last step at 100%
+    assert done is not None and (done.phase, done.iteration, done.percent) == ("evaluate", 1, 100)
+    phases = {s.progress.phase for s in saved if s.progress is not None and s.progress.done}
+    assert {"generate", "train"} <= phases, phases  # and the phases' lines got there on the way
 
 
 def test_sigterm_stops_the_phase_s_whole_process_group_and_exits_143(tmp_path, monkeypatch):
@@ -300,3 +304,44 @@ def test_a_failed_run_gives_every_condition_the_failure_s_reason(tmp_path, tiny_
     status = read_status(RunDir(tmp_path / "out" / "default" / "nods"))
     assert status["phase"] == "Failed" and problems(status) == []
     assert {c["type"]: c["reason"] for c in status["conditions"]}["Failed"] == "BadInput"
+
+
+def test_status_json_follows_a_running_phase_s_progress_lines(tmp_path, monkeypatch):
+    """status.json carries `progress` while a phase runs (what `status.progress` is on a
+    cluster), from the phase's own progress lines; a failed run drops it. The phase is a shell
+    that prints a line and waits for the test to let it go, without the ML stack."""
+    import threading
+
+    from tpo import local as L
+
+    doc = {"apiVersion": "tpo.dev/v1alpha1", "kind": "TPORun", "metadata": {"name": "prog"}}
+    manifest = tmp_path / "run.yaml"
+    spec_doc = tiny_spec(tmp_path / "model", tmp_path / "ds.jsonl", iterations=1)
+    manifest.write_text(yaml.safe_dump({**doc, "spec": spec_doc}))
+    _, spec = L.load_manifest(manifest)
+    run = RunDir.of(tmp_path / "out", "default", "prog")
+    go = tmp_path / "go"
+    line = "progress prepare it=0: 30/120 prompts (25.0%), 15.0/s, ETA 0:00:06"
+    script = f"echo '{line}'; while [ ! -f {go} ]; do sleep 0.1; done; exit 1"
+    monkeypatch.setattr(L.Runner, "command", lambda self, *a: ["sh", "-c", script])
+    seen: list[dict] = []
+
+    def watch():
+        try:
+            st = wait_for(lambda: (read_status(run).get("progress") or {}).get("done"), 120, "it")
+            seen.append(read_status(run)["progress"])
+            assert st
+        finally:
+            go.write_text("")
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    rc = L.Runner(run, spec, quiet=True).execute()
+    t.join(10)
+    assert seen, "status.json never carried the phase's progress"
+    got = seen[0]
+    assert (got["phase"], got["iteration"], got["done"], got["total"]) == ("prepare", 0, 30, 120)
+    assert (got["unit"], got["percent"], got["etaSeconds"]) == ("prompts", 25.0, 6)
+    assert got["summary"] == "25% ETA 0:00:06"
+    assert rc == 1 and read_status(run)["phase"] == "Failed"
+    assert read_status(run).get("progress") is None

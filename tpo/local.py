@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,17 @@ import yaml
 from tpo import artifacts as A
 from tpo.artifacts import RunDir
 from tpo.errors import EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED, MAX_UPSTREAM_REDOS, BadInput
-from tpo.progress import parse_line
-from tpo.spec import PHASE_OF_STEP, RunPhase, SpecError, TPORunSpec, TPORunStatus, parse_manifest
-from tpo.status import apply_summary, merge_shards, set_lifecycle
+from tpo.progress import Snapshot, finished_progress, parse_line, run_progress
+from tpo.spec import (
+    PHASE_OF_STEP,
+    GuardWarning,
+    RunPhase,
+    SpecError,
+    TPORunSpec,
+    TPORunStatus,
+    parse_manifest,
+)
+from tpo.status import apply_summary, merge_shards, set_lifecycle, set_quality, warning_line
 
 # Seconds a phase's process group has to exit after SIGTERM before it is sent SIGKILL. vLLM's
 # engine shuts down in well under this on SIGTERM; a trainer mid-save may need a few seconds.
@@ -194,6 +203,7 @@ class Runner:
         self.status.phase = PHASE_OF_STEP[phase]
         self.status.step, self.status.iteration = phase, t
         self.status.message = f"{phase} of iteration {t}"
+        self.status.progress = run_progress(None, phase, t, now())
         self.status = set_lifecycle(
             self.status, "Running", self.status.phase.value, self.status.message, now()
         )
@@ -219,7 +229,9 @@ class Runner:
             done = self.run.done(phase, t, shard if phase in ("generate", "judge") else None)
             summaries.append(A.read_json(done))
         merged = merge_shards(summaries)
-        self.status = apply_summary(self.status, merged)
+        self.status = set_quality(apply_summary(self.status, merged), now())
+        for w in merged.get("warnings") or []:  # the phase's stderr went to its log file
+            print(warning_line(t, GuardWarning.model_validate(w)), file=sys.stderr, flush=True)
         self.save()
         head = f"[{index:>2}/{total}] {phase:<8} iter {t}  "
         if ran:
@@ -251,7 +263,9 @@ class Runner:
                     env=env,
                     start_new_session=True,
                 )
-                follow_progress(proc, log)
+                follow_progress(
+                    proc, log, lambda snap: self.progressed(snap, phase, t, shard, shards)
+                )
             except Interrupted:
                 if proc is not None:
                     stop_group(proc)
@@ -271,8 +285,15 @@ class Runner:
             print(f"phase {phase} (iteration {t}) failed; full log: {log}", file=sys.stderr)
         return proc.returncode
 
+    def progressed(self, snap: Snapshot, phase: str, t: int, shard: int, shards: int) -> None:
+        """status.json follows the phase's progress lines, as the TPORun's status.progress
+        follows its pods: a script watching the file sees done/total/ETA between phases."""
+        self.status.progress = run_progress(snap, phase, t, now(), shard, shards)
+        self.save()
+
     def fail(self, reason: str, message: str) -> None:
         self.status.phase = RunPhase.failed
+        self.status.progress = None
         self.status.message = message
         self.status = set_lifecycle(self.status, "Failed", reason, message, now())
         self.status.finished_at = now()
@@ -332,6 +353,7 @@ class Runner:
             i += 1
         self.status.phase = RunPhase.succeeded
         self.status.step = None
+        self.status.progress = finished_progress(plan[-1][0], plan[-1][1], now())
         self.status.message = f"{self.spec.iterations} iteration(s) done"
         self.status.finished_at = now()
         self.status = set_lifecycle(
@@ -341,7 +363,12 @@ class Runner:
         return 0
 
 
-def follow_progress(proc: subprocess.Popen[bytes], log: Path, poll: float = 1.0) -> None:
+def follow_progress(
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    on_line: Callable[[Snapshot], None] | None = None,
+    poll: float = 1.0,
+) -> None:
     """Wait for the phase, echoing its progress lines (tpo.progress) from its log to stderr:
     the phase's output goes to a file, and a person watching `tpo run` would otherwise see
     nothing between a phase's start and its end."""
@@ -356,8 +383,11 @@ def follow_progress(proc: subprocess.Popen[bytes], log: Path, poll: float = 1.0)
             pending += r.read()
             *lines, pending = pending.split("\n")
             for line in lines:
-                if parse_line(line) is not None:
+                snap = parse_line(line)
+                if snap is not None:
                     print(f"        {line.strip()}", file=sys.stderr, flush=True)
+                    if on_line is not None:
+                        on_line(snap)
             if done:
                 return
 

@@ -35,7 +35,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tpo.spec import RunProgress
 
 INTERVAL_ENV = "TPO_PROGRESS_INTERVAL"
 MODE_ENV = "TPO_PROGRESS"
@@ -99,6 +102,60 @@ def parse_line(line: str) -> Snapshot | None:
     rate = None if m["rate"] == "?" else float(m["rate"])
     eta = seconds_of(m["eta"])
     return Snapshot(m["label"], int(m["done"]), total, m["unit"], rate, eta)
+
+
+def summary_of(p: RunProgress) -> str:
+    """The PROGRESS column: `38% ETA 0:00:48`, `judge 12% ETA ?`, `1200 samples`, `starting`."""
+    head = f"{p.stage} " if p.stage and p.stage != p.phase else ""
+    if p.percent is not None:
+        eta = "" if p.percent >= 100 else f" ETA {hms(p.eta_seconds)}"
+        return f"{head}{p.percent:.0f}%{eta}"
+    if p.done is not None:
+        return f"{head}{p.done} {p.unit or ''}".rstrip()
+    return "starting"
+
+
+def stage_of(label: str) -> str | None:
+    """The stage a line's label names beyond its step (`evaluate it=1 judge` -> judge)."""
+    words = [w for w in label.split()[1:] if not w.startswith(("it=", "shard="))]
+    return words[-1] if words else None
+
+
+def run_progress(
+    snap: Snapshot | None, phase: str, iteration: int, now: str, shard: int = 0, shards: int = 1
+) -> RunProgress:
+    """`status.progress` from one progress line of a step run in order, shard after shard (the
+    local runner): percent credits the shards already done, as the operator's does."""
+    from tpo.spec import RunProgress
+
+    if snap is None:
+        p = RunProgress(phase=phase, iteration=iteration, updated_at=now)
+    else:
+        pct = snap.percent
+        if pct is not None:
+            pct = (100.0 * shard + pct) / shards
+        p = RunProgress(
+            phase=phase,
+            iteration=iteration,
+            stage=stage_of(snap.label),
+            done=snap.done,
+            total=snap.total,
+            unit=snap.unit,
+            percent=pct,
+            rate=snap.rate,
+            eta_seconds=None if snap.eta is None else int(snap.eta),
+            pods=1,
+            updated_at=now,
+        )
+    return p.model_copy(update={"summary": summary_of(p)})
+
+
+def finished_progress(phase: str, iteration: int, now: str) -> RunProgress:
+    """A run's progress once it succeeded: its last step at 100%."""
+    from tpo.spec import RunProgress
+
+    p = RunProgress(phase=phase, iteration=iteration, percent=100.0, eta_seconds=0, updated_at=now)
+    return p.model_copy(update={"summary": summary_of(p)})
 
 
 def label_of(phase: str, iteration: int | None = None, shard: int | None = None) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tpo.progress import hms
+from tpo.progress import finished_progress, summary_of
 from tpo.spec import RunPhase, RunProgress, TPORunStatus
 
 SCRAPE_ANNOTATION = "prometheus.io/scrape"
@@ -141,17 +141,6 @@ def _succeeded_shards(pods: Iterable[dict[str, Any]], run: str, phase: str, it: 
     return done
 
 
-def summary_of(p: RunProgress) -> str:
-    """The PROGRESS column: `38% ETA 0:00:48`, `judge 12% ETA ?`, `1200 samples`, `starting`."""
-    head = f"{p.stage} " if p.stage and p.stage != p.phase else ""
-    if p.percent is not None:
-        eta = "" if p.percent >= 100 else f" ETA {hms(p.eta_seconds)}"
-        return f"{head}{p.percent:.0f}%{eta}"
-    if p.done is not None:
-        return f"{head}{p.done} {p.unit or ''}".rstrip()
-    return "starting"
-
-
 def _finish(p: RunProgress) -> RunProgress:
     return p.model_copy(update={"summary": summary_of(p)})
 
@@ -169,15 +158,8 @@ def with_progress(
         # the run's last step, whatever progress the operator happened to see before it (a
         # restarted operator may have missed the final step's readings): one status per outcome
         last = "evaluate"
-        new: RunProgress | None = _finish(
-            RunProgress(
-                phase=last,
-                iteration=status.iteration,
-                percent=100.0,
-                eta_seconds=0,
-                updated_at=prev.updated_at if prev else now,
-            )
-        )
+        updated = prev.updated_at if prev and prev.updated_at else now
+        new: RunProgress | None = finished_progress(last, status.iteration, updated)
         if prev is not None and prev.percent == 100.0 and prev.phase == last:
             new = prev
     elif status.phase == RunPhase.suspended:

@@ -134,12 +134,12 @@ def kubectl_column(body: dict, json_path: str, tmp_path) -> str:
     return out.stdout
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_progress_flows_from_a_pod_metrics_endpoint_to_the_printer_column(
     cluster: Cluster, ctl: JobController, tmp_path
 ):
     from prometheus_client import start_http_server
 
+    assert shutil.which("kubectl"), "kubectl is not on PATH (the printer column is read by it)"
     server, thread = start_http_server(0, addr="127.0.0.1", registry=podmetrics.REGISTRY)
     try:
         cluster.create_run(manifest(iterations=1))
