@@ -113,7 +113,8 @@ def test_softer_levels_warn_in_the_summary(tmp_path, monkeypatch):
         r["finish_reason"] == "length" for r in read_jsonl(run.samples(1, 0))
     )
     assert summary["truncated_rate"] == round(summary["truncated"] / 40, 4)
-    warned = " ".join(summary["warnings"])
+    warned = " ".join(w["message"] for w in summary["warnings"])
+    assert {w["guard"] for w in summary["warnings"]} >= {"warnParseFailureRate", "warnTruncatedRate"}
     assert "of samples failed to parse" in warned and "guards.warnParseFailureRate 50%" in warned
     assert "of samples were cut at maxTokens" in warned
 

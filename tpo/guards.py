@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from tpo.errors import BadInput
-from tpo.spec import Guards
+from tpo.spec import Guards, GuardWarning
 
 
 class GuardTripped(BadInput):
@@ -54,22 +54,39 @@ def message(m: Measure, threshold: float, field: str) -> str:
 
 
 def check(guards: Guards, measures: list[Measure]) -> list[str]:
-    """Raise GuardTripped on the first fail level crossed; return the warnings (also printed
-    to stderr, where `tpo run` and the pod log show them)."""
+    """Raise GuardTripped on the first fail level crossed; return the warnings' lines (also
+    printed to stderr, where the pod log shows them)."""
+    return [w.message for w in warn(guards, measures)]
+
+
+def warn(guards: Guards, measures: list[Measure]) -> list[GuardWarning]:
+    """`check` with the warnings as records: the guard (its spec field), rate, threshold and
+    the line. A phase summary's `warnings` holds these; the operator's QualityWarning
+    condition, its Events and the guard-warning metric read them."""
     warnings = []
     for m in measures:
         if m.total <= 0:
             continue
         rate = m.count / m.total
-        fail, warn = getattr(guards, m.fail_field), getattr(guards, m.warn_field)
+        fail, level = getattr(guards, m.fail_field), getattr(guards, m.warn_field)
         crossed_fail = rate < fail if m.low_is_bad else rate > fail
-        crossed_warn = rate < warn if m.low_is_bad else rate > warn
+        crossed_warn = rate < level if m.low_is_bad else rate > level
         if crossed_fail:
             raise GuardTripped(message(m, fail, m.fail_field))
         if crossed_warn:
-            warnings.append("warning: " + message(m, warn, m.warn_field))
+            warnings.append(
+                GuardWarning(
+                    guard=_camel(m.warn_field),
+                    phase=m.phase,
+                    rate=round(rate, 4),
+                    threshold=level,
+                    count=m.count,
+                    total=m.total,
+                    message="warning: " + message(m, level, m.warn_field),
+                )
+            )
     for w in warnings:
-        print(w, file=sys.stderr)
+        print(w.message, file=sys.stderr)
     return warnings
 
 

@@ -427,7 +427,7 @@ def generate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         r["thought_tokens"], r["response_tokens"] = tn, rn
     A.write_jsonl(run.samples(iteration, index), rows)
     measures = guards.generate_measures(rows, bool(spec.thought_prompt.prefill), budget is not None)
-    warnings = guards.check(spec.guards, measures)
+    warnings = [w.model_dump() for w in guards.warn(spec.guards, measures)]
     ok = [r for r in rows if r["parse_ok"]]
     total_tokens = sum(r["tokens"] for r in rows)
     _pod_metrics(
@@ -589,9 +589,12 @@ def judge(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int)
     valid = [s for row in raw for s in row if s is not None]
     n_samples = sum(len(x) for x in oks)
     replies, unread = _judge_replies(spec, j, battles, items)
-    warnings = guards.check(
-        spec.guards, guards.judge_measures(replies, unread, len(pair_rows), len(mine))
-    )
+    warnings = [
+        w.model_dump()
+        for w in guards.warn(
+            spec.guards, guards.judge_measures(replies, unread, len(pair_rows), len(mine))
+        )
+    ]
     return {
         "pairs": len(pair_rows),
         "pair_yield": _rnd(len(pair_rows) / len(mine)) if mine else None,
@@ -775,7 +778,7 @@ def _eval_arms(
 
 
 def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
-    from tpo.evaluate import category_win_rates, win_rate
+    from tpo.evaluate import category_tallies, require_rated, tally
     from tpo.judges import JudgeItem, load_judge
 
     prompts = A.read_jsonl(run.eval_prompts)
@@ -796,13 +799,10 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
             other_score = _pointwise_mean(spec, j, JudgeItem, prompts, other) if other else None
         finally:
             j.close()
-    scored = [
-        (o, p.get("category")) for o, p in zip(outcomes, prompts, strict=True) if o is not None
-    ]
-    if not scored:
-        raise BadInput("evaluation: the judge returned no usable verdict for any eval prompt")
-    wr = win_rate([o for o, _ in scored])
-    cats = category_win_rates([o for o, _ in scored], [c for _, c in scored], min_n=min_n)
+    c_ok, b_ok = [bool(r["parse_ok"]) for r in cand], [bool(r["parse_ok"]) for r in base]
+    t = tally(outcomes, c_ok, b_ok)
+    wr = require_rated(t, f"evaluation (iteration {iteration})")
+    cats = category_tallies(outcomes, c_ok, b_ok, [p.get("category") for p in prompts], min_n=min_n)
     rows = [
         {
             "prompt_id": p["prompt_id"],
@@ -810,8 +810,11 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
             "candidate": c["text"],
             "candidate_thought_tokens": c["thought_tokens"],
             "candidate_forced": bool(c.get("forced")),
+            "candidate_parse_ok": c["parse_ok"],
             "baseline": b["text"],
+            "baseline_parse_ok": b["parse_ok"],
             "outcome": o,
+            "both_failed": not c["parse_ok"] and not b["parse_ok"],
         }
         for p, c, b, o in zip(prompts, cand, base, outcomes, strict=True)
     ]
@@ -821,6 +824,8 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
     A.write_jsonl(run.eval_outputs(iteration), rows)
     ok = [r for r in cand if r["parse_ok"]]
     result = {
+        # The rate is over the n rated prompts (wins + ties + losses); both_failed prompts
+        # (neither side parsed) and judge_errors (no verdict) are counted beside it, not in it.
         "win_rate": _rnd(wr.rate),
         "win_rate_low": _rnd(wr.low),
         "win_rate_high": _rnd(wr.high),
@@ -828,10 +833,14 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         "ties": wr.ties,
         "losses": wr.losses,
         "n": wr.n,
-        "judge_errors": len(outcomes) - len(scored),
+        "both_failed": t.both_failed,
+        "judge_errors": t.judge_errors,
+        "eval_prompts": t.prompts,
+        # means over the candidate's parsed eval outputs only (len(ok) of them)
         "mean_thought_tokens": _rnd(mean([r["thought_tokens"] for r in ok]), 2),
         "mean_response_tokens": _rnd(mean([r["response_tokens"] for r in ok]), 2),
-        "eval_parse_failure_rate": _rnd(1 - len(ok) / len(cand)) if cand else None,
+        "eval_parse_failure_rate": _rnd(t.candidate_parse_failure_rate),
+        "baseline_parse_failure_rate": _rnd(t.baseline_parse_failure_rate),
         "eval_judge_mean_score": _rnd(cand_score),
         "baseline_judge_mean_score": _rnd(base_score),
         "categories": [c.dump() for c in cats],
@@ -841,7 +850,7 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         result[f"eval_{k}" if k != "thought_budget" else k] = v
     if spec.evaluation.compare_with and iteration > 0:
         result["compare"] = _versus_summary(
-            spec.evaluation.compare_with, prompts, other, versus, other_score, note, min_n
+            spec.evaluation.compare_with, prompts, cand, other, versus, other_score, note, min_n
         )
     A.write_json(run.eval_result(iteration), result)
     return result
@@ -894,23 +903,25 @@ def _other_arm(
 def _versus_summary(
     name: str,
     prompts: list[dict],
+    cand: list[dict],
     other: list[dict] | None,
     outcomes: list[float | None] | None,
     other_score: float | None,
     note: str | None,
     min_n: int,
 ) -> dict[str, Any]:
-    from tpo.evaluate import category_win_rates, win_rate
+    """The compareWith head-to-head, counted as the baseline's is (both-failed left out);
+    nothing to rate is a note here, not a failure: the comparison is the secondary result."""
+    from tpo.evaluate import category_tallies, tally
 
-    scored = [
-        (o, p.get("category"))
-        for o, p in zip(outcomes or [], prompts, strict=False)
-        if o is not None
-    ]
-    if other is None or not scored:
+    if other is None or outcomes is None:
         return {"run": name, "note": note or "the judge returned no usable verdict"}
-    wr = win_rate([o for o, _ in scored])
-    cats = category_win_rates([o for o, _ in scored], [c for _, c in scored], min_n=min_n)
+    c_ok, o_ok = [bool(r["parse_ok"]) for r in cand], [bool(r["parse_ok"]) for r in other]
+    t = tally(outcomes, c_ok, o_ok)
+    if t.rate is None:
+        return {"run": name, "note": f"no prompt left to rate ({t.counts()})"}
+    wr = t.rate
+    cats = category_tallies(outcomes, c_ok, o_ok, [p.get("category") for p in prompts], min_n=min_n)
     ok = [r for r in other if r["parse_ok"]]
     return {
         "run": name,
@@ -921,6 +932,9 @@ def _versus_summary(
         "ties": wr.ties,
         "losses": wr.losses,
         "n": wr.n,
+        "both_failed": t.both_failed,
+        "judge_errors": t.judge_errors,
+        "parse_failure_rate": _rnd(t.baseline_parse_failure_rate),
         "judge_mean_score": _rnd(other_score),
         "mean_thought_tokens": _rnd(mean([r["thought_tokens"] for r in ok]), 2),
         "mean_response_tokens": _rnd(mean([r["response_tokens"] for r in ok]), 2),
@@ -941,7 +955,10 @@ def _baseline(spec: TPORunSpec, run: RunDir, prompts: list[dict]) -> list[dict]:
 
 
 def _compare(j, item, prompts, cand, base) -> list[float | None]:
-    """Judge responses only. A side without a parsable response loses; both failing tie."""
+    """Judge responses only. A side without a parsable response loses; where both failed
+    there is no comparison (None: tpo.evaluate.tally counts it as both_failed, not a tie)."""
+    from tpo.evaluate import outcome_of
+
     outcomes: list[float | None] = [None] * len(prompts)
     todo, idx = [], []
     for i, (p, c, b) in enumerate(zip(prompts, cand, base, strict=True)):
@@ -954,7 +971,7 @@ def _compare(j, item, prompts, cand, base) -> list[float | None]:
             )
             idx.append(i)
         else:
-            outcomes[i] = 0.5 if c["parse_ok"] == b["parse_ok"] else float(c["parse_ok"])
+            outcomes[i] = outcome_of(bool(c["parse_ok"]), bool(b["parse_ok"]), None)
     for i, o in zip(idx, j.compare(todo) if todo else [], strict=True):
         outcomes[i] = o
     return outcomes

@@ -726,14 +726,39 @@ class Condition(Model):
 
 
 class CategoryWinRate(Model):
+    """One category's head-to-head (tpo.evaluate.category_tallies): the rate is over the `n`
+    rated prompts (wins + ties + losses); both-failed prompts are counted, never rated."""
+
     model_config = ConfigDict(extra="ignore")
 
     category: str
-    n: int
+    n: int = Field(description="Rated prompts (wins + ties + losses): what the rate is over.")
     win_rate: float | None = None
     win_rate_low: float | None = None
     win_rate_high: float | None = None
     note: str | None = None
+    prompts: int | None = Field(None, description="All eval prompts of the category.")
+    wins: int | None = None
+    ties: int | None = None
+    losses: int | None = None
+    both_failed: int | None = Field(None, description="Prompts where neither side parsed.")
+    parse_failure_rate: float | None = Field(None, description="The candidate's, over prompts.")
+    baseline_parse_failure_rate: float | None = Field(None, description="Over prompts.")
+
+
+class GuardWarning(Model):
+    """A guard's warn level crossed by a phase (tpo.guards; docs/guards.md): the phase
+    succeeded, the run's QualityWarning condition and a Warning Event say so."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    guard: str = Field(description="The spec field crossed, e.g. warnParseFailureRate.")
+    phase: str
+    rate: float
+    threshold: float
+    count: int
+    total: int
+    message: str = Field(description="Rate, threshold and likely cause, as `tpo run` prints.")
 
 
 class CompareStatus(Model):
@@ -748,7 +773,10 @@ class CompareStatus(Model):
     wins: int | None = None
     ties: int | None = None
     losses: int | None = None
-    n: int | None = None
+    n: int | None = Field(None, description="Rated prompts: wins + ties + losses.")
+    both_failed: int | None = Field(None, description="Prompts where neither side parsed.")
+    judge_errors: int | None = None
+    parse_failure_rate: float | None = Field(None, description="The other run's arm.")
     judge_mean_score: float | None = Field(None, description="The other run's arm.")
     mean_thought_tokens: float | None = Field(None, description="The other run's arm.")
     mean_response_tokens: float | None = Field(None, description="The other run's arm.")
@@ -781,7 +809,25 @@ class IterationStatus(Model):
     wins: int | None = None
     ties: int | None = None
     losses: int | None = None
-    eval_parse_failure_rate: float | None = None
+    n: int | None = Field(
+        None, description="Eval prompts the win rate is over: wins + ties + losses."
+    )
+    both_failed: int | None = Field(
+        None, description="Eval prompts where neither side parsed: counted, never rated."
+    )
+    eval_prompts: int | None = Field(None, description="All eval prompts judged.")
+    eval_parse_failure_rate: float | None = Field(
+        None, description="The candidate's eval outputs without a usable response."
+    )
+    baseline_parse_failure_rate: float | None = Field(
+        None, description="The baseline's eval outputs without a usable response."
+    )
+    truncated_rate: float | None = Field(None, description="Samples cut at maxTokens.")
+    judge_no_verdict_rate: float | None = Field(None, description="Judge replies unread.")
+    pair_yield: float | None = Field(None, description="Training prompts that gave a pair.")
+    warnings: list[GuardWarning] = Field(
+        default_factory=list, description="Guard warn levels crossed (docs/guards.md)."
+    )
     eval_judge_mean_score: float | None = None
     baseline_judge_mean_score: float | None = None
     judge_errors: int | None = None

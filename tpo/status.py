@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tpo.spec import Condition, IterationStatus, TPORunStatus
+from tpo.spec import Condition, GuardWarning, IterationStatus, TPORunStatus
 
 # Fields copied from a phase summary into the iteration's history entry, by phase.
 _FIELDS: dict[str, tuple[str, ...]] = {
@@ -21,6 +21,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "thought_budget",
         "forced_thought_rate",
         "within_budget_rate",
+        "truncated_rate",
     ),
     "judge": (
         "pairs",
@@ -32,6 +33,8 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "chosen_mean_tokens",
         "rejected_mean_tokens",
         "parse_failure_rate",
+        "pair_yield",
+        "judge_no_verdict_rate",
     ),
     "train": ("train_loss", "reward_margin", "reward_accuracy", "model_path"),
     "evaluate": (
@@ -41,7 +44,11 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "wins",
         "ties",
         "losses",
+        "n",
+        "both_failed",
+        "eval_prompts",
         "eval_parse_failure_rate",
+        "baseline_parse_failure_rate",
         "eval_judge_mean_score",
         "baseline_judge_mean_score",
         "judge_errors",
@@ -56,7 +63,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 _EVAL_OWNS = {"mean_thought_tokens", "mean_response_tokens"}
 # Taken from the first shard (identical in every shard, or not a number to average).
 _NOT_MERGED = {"phase", "iteration", "shards", "shard", "categories", "model_path", "compare"}
-_NOT_MERGED |= {"thought_budget"}
+_NOT_MERGED |= {"thought_budget", "warnings"}
 # Summed (not averaged) across the shards of a phase.
 _ADDITIVE = {
     "prompts",
@@ -97,6 +104,9 @@ def merge_shards(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     if out.get("judge_calls") is not None:  # every judged prompt gave a pair or was skipped
         judged = int(out.get("pairs") or 0) + int(out.get("skipped_prompts") or 0)
         out["judge_calls_per_prompt"] = round(out["judge_calls"] / max(judged, 1), 2)
+    warnings = [w for s in summaries for w in s.get("warnings") or []]  # each shard's own
+    if warnings:
+        out["warnings"] = warnings
     out["shards"] = len(summaries)
     out.pop("shard", None)
     return out
@@ -129,6 +139,11 @@ def apply_summary(status: TPORunStatus, summary: dict[str, Any]) -> TPORunStatus
         if phase == "generate" and key in _EVAL_OWNS and h.win_rate is not None:
             continue
         data[key] = summary[key]
+    # This phase's warnings replace what an earlier apply of it recorded (idempotent).
+    kept = [w for w in data["warnings"] if w["phase"] != phase]
+    data["warnings"] = kept + [
+        {**w, "phase": w.get("phase") or phase} for w in summary.get("warnings") or []
+    ]
     if "seconds" in summary:
         data["phase_seconds"] = {**h.phase_seconds, phase: round(float(summary["seconds"]), 3)}
     updated = IterationStatus.model_validate(data)
@@ -250,3 +265,43 @@ def set_lifecycle(
             continue
         new = set_condition(new, type_, value, fixed or reason, message, now, generation)
     return new
+
+
+# --------------------------------------------------------------------------- quality warnings
+
+QUALITY_WARNING = "QualityWarning"  # condition type: a guard's warn level was crossed
+QUALITY_MESSAGE_MAX = 2000
+
+
+def warnings_of(status: TPORunStatus) -> list[tuple[int, GuardWarning]]:
+    """Every guard warning the run's history records, (iteration, warning), in run order."""
+    history = sorted(status.history, key=lambda e: e.iteration)
+    return [(h.iteration, w) for h in history for w in h.warnings]
+
+
+def warning_line(iteration: int, w: GuardWarning) -> str:
+    """One warning as `tpo run` prints it and the Event says it."""
+    return f"iteration {iteration}: {w.message}"
+
+
+def guard_reason(guard: str) -> str:
+    """A condition reason naming the guard: warnParseFailureRate -> ParseFailureRate."""
+    name = guard.removeprefix("warn")
+    return (name[:1].upper() + name[1:]) or "Guard"
+
+
+def set_quality(status: TPORunStatus, now: str, generation: int | None = None) -> TPORunStatus:
+    """The QualityWarning condition from the history's guard warnings, in a copy: True while
+    the run has any (a Succeeded run that warned keeps saying so), reason the guards crossed
+    (CamelCase, comma-separated: metav1 reasons allow commas), message the warnings, latest
+    first; False with reason NoWarnings otherwise. The local runner and the operator both call
+    it, so both say the same."""
+    found = warnings_of(status)
+    if not found:
+        return set_condition(status, QUALITY_WARNING, False, "NoWarnings", "", now, generation)
+    guards = list(dict.fromkeys(guard_reason(w.guard) for _, w in found))
+    lines = [warning_line(t, w) for t, w in reversed(found)]
+    message = f"{len(found)} guard warning(s): " + "; ".join(lines)
+    if len(message) > QUALITY_MESSAGE_MAX:
+        message = message[: QUALITY_MESSAGE_MAX - 3] + "..."
+    return set_condition(status, QUALITY_WARNING, True, ",".join(guards), message, now, generation)

@@ -32,7 +32,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from tpo.spec import PHASES, RunPhase, TPORunStatus
+from tpo.spec import PHASES, Guards, RunPhase, TPORunStatus
 
 log = logging.getLogger("tpo_operator.metrics")
 
@@ -98,7 +98,26 @@ ITERATION_GAUGES: dict[str, Gauge] = {
         "tpo_iteration_parse_failure_ratio", "Share of training samples without the separator."
     ),
     "eval_parse_failure_rate": _g(
-        "tpo_iteration_eval_parse_failure_ratio", "Share of eval outputs without the separator."
+        "tpo_iteration_eval_parse_failure_ratio",
+        "Share of the candidate's eval outputs without a usable response (over all eval prompts).",
+    ),
+    "baseline_parse_failure_rate": _g(
+        "tpo_iteration_baseline_parse_failure_ratio",
+        "Share of the baseline's eval outputs without a usable response (over all eval prompts).",
+    ),
+    "n": _g(
+        "tpo_iteration_eval_rated_prompts",
+        "Eval prompts the win rate is over: wins + ties + losses (both-failed left out).",
+    ),
+    "eval_prompts": _g("tpo_iteration_eval_prompts", "All eval prompts of the iteration."),
+    "truncated_rate": _g(
+        "tpo_iteration_truncated_ratio", "Share of training samples cut at generation.maxTokens."
+    ),
+    "judge_no_verdict_rate": _g(
+        "tpo_iteration_judge_no_verdict_ratio", "Share of the judge's replies without a verdict."
+    ),
+    "pair_yield": _g(
+        "tpo_iteration_pair_yield_ratio", "Share of the iteration's prompts that gave a pair."
     ),
     "samples": _g("tpo_iteration_samples", "Samples generated (prompts x K)."),
     "pairs": _g("tpo_iteration_pairs", "DPO preference pairs built by the judge phase."),
@@ -126,8 +145,18 @@ ITERATION_GAUGES: dict[str, Gauge] = {
 }
 EVAL_OUTCOMES = _g(
     "tpo_iteration_eval_outcomes",
-    "Evaluation verdicts of the iteration's model vs the baseline, by outcome.",
+    "Eval prompts of the iteration's model vs the baseline, by outcome: win, tie, loss (rated), "
+    "both_failed (neither side parsed: not rated), judge_error (no verdict: not rated).",
     (*ITER, "outcome"),
+)
+GUARD_WARNINGS = _g(
+    "tpo_iteration_guard_warnings",
+    "Guard warn levels crossed in the iteration, by guard (its spec field; docs/guards.md).",
+    (*ITER, "guard"),
+)
+# Guards whose warnings become label values (a closed set: the spec's warn fields).
+GUARDS = frozenset(
+    f.alias or name for name, f in Guards.model_fields.items() if name.startswith("warn_")
 )
 PHASE_SECONDS = _g(
     "tpo_iteration_phase_seconds",
@@ -138,7 +167,14 @@ CATEGORY_WIN_RATE = _g(
     "tpo_category_win_rate", "Win rate per instruction category, 0-1.", (*ITER, "category")
 )
 CATEGORY_PROMPTS = _g(
-    "tpo_category_eval_prompts", "Eval prompts per instruction category.", (*ITER, "category")
+    "tpo_category_eval_prompts",
+    "Rated eval prompts per instruction category (what its win rate is over).",
+    (*ITER, "category"),
+)
+CATEGORY_OUTCOMES = _g(
+    "tpo_category_eval_outcomes",
+    "Eval prompts per instruction category by outcome: win, tie, loss, both_failed.",
+    (*ITER, "category", "outcome"),
 )
 CATEGORY_WIN_RATE_LOW = _g(
     "tpo_category_win_rate_low",
@@ -183,9 +219,11 @@ PER_RUN: tuple[Gauge, ...] = (
     RUN_ITERATIONS,
     *ITERATION_GAUGES.values(),
     EVAL_OUTCOMES,
+    GUARD_WARNINGS,
     PHASE_SECONDS,
     CATEGORY_WIN_RATE,
     CATEGORY_PROMPTS,
+    CATEGORY_OUTCOMES,
     CATEGORY_WIN_RATE_LOW,
     CATEGORY_WIN_RATE_HIGH,
     *COMPARE_GAUGES.values(),
@@ -261,15 +299,21 @@ def run_series(namespace: str, name: str, status: TPORunStatus) -> Series:
             value = getattr(h, field)
             if value is not None:
                 out[(gauge, it)] = float(value)
-        for outcome, count in (("win", h.wins), ("tie", h.ties), ("loss", h.losses)):
+        for outcome, count in _outcomes(h):
             if count is not None:
                 out[(EVAL_OUTCOMES, (*it, outcome))] = float(count)
+        for w in h.warnings:
+            key = (GUARD_WARNINGS, (*it, w.guard if w.guard in GUARDS else "other"))
+            out[key] = out.get(key, 0.0) + 1.0
         for phase, seconds in h.phase_seconds.items():
             if phase in PHASES:
                 out[(PHASE_SECONDS, (*it, phase))] = float(seconds)
         for cat in _ranked(h.categories):
             labels = (*it, _category_label(cat.category))
             out[(CATEGORY_PROMPTS, labels)] = float(cat.n)
+            for outcome, count in _outcomes(cat)[:4]:
+                if count is not None:
+                    out[(CATEGORY_OUTCOMES, (*labels, outcome))] = float(count)
             for gauge, value in (
                 (CATEGORY_WIN_RATE, cat.win_rate),
                 (CATEGORY_WIN_RATE_LOW, cat.win_rate_low),
@@ -289,6 +333,17 @@ def run_series(namespace: str, name: str, status: TPORunStatus) -> Series:
                 if cat.win_rate is not None:
                     out[(COMPARE_CATEGORY_WIN_RATE, labels)] = float(cat.win_rate)
     return out
+
+
+def _outcomes(record: Any) -> list[tuple[str, int | None]]:
+    """(outcome label, count) of an iteration's or a category's head-to-head."""
+    return [
+        ("win", record.wins),
+        ("tie", record.ties),
+        ("loss", record.losses),
+        ("both_failed", record.both_failed),
+        ("judge_error", getattr(record, "judge_errors", None)),
+    ]
 
 
 def _ranked(categories: list[Any]) -> list[Any]:

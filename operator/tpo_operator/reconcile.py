@@ -33,7 +33,16 @@ from tpo.spec import (
     TPORunStatus,
     parse_spec,
 )
-from tpo.status import apply_summary, merge_shards, set_condition, set_lifecycle
+from tpo.status import (
+    QUALITY_WARNING,
+    apply_summary,
+    merge_shards,
+    set_condition,
+    set_lifecycle,
+    set_quality,
+    warning_line,
+    warnings_of,
+)
 
 Step = tuple[str, int]
 
@@ -573,12 +582,26 @@ def _record(ctx: _Ctx, job: ObservedJob, step: Step) -> None:
             f"{job.name} completed without a phase summary in its termination message",
         )
         return
+    before = {(t, w.message) for t, w in warnings_of(ctx.status)}
     try:
         ctx.status = apply_summary(ctx.status, merge_shards(summaries))
     except (ValueError, TypeError) as e:
         ctx.event("Warning", "SummaryInvalid", f"{job.name}: {e}")
         return
+    _quality(ctx, before)
     ctx.event("Normal", "PhaseSucceeded", f"{step[0]} of iteration {step[1]} done")
+
+
+def _quality(ctx: _Ctx, before: set[tuple[int, str]]) -> None:
+    """A Warning Event for each guard warning the status did not hold before this record
+    (a step redone after upstream damage that warns the same says nothing new), and the
+    QualityWarning condition (tpo.status.set_quality). Posted before PhaseSucceeded, which
+    stays the pass's last Event so the next Job's creation folds into it."""
+    for t, w in warnings_of(ctx.status):
+        if (t, w.message) not in before:
+            ctx.event("Warning", QUALITY_WARNING, warning_line(t, w))
+            before.add((t, w.message))
+    ctx.status = set_quality(ctx.status, ctx.now, ctx.generation)
 
 
 def _succeed(ctx: _Ctx, spec: TPORunSpec) -> None:
