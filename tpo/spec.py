@@ -592,6 +592,28 @@ class Guards(Model):
     min_pairs: int = Field(
         1, ge=0, description="train: fail with fewer pairs than this over all judge shards."
     )
+    ifeval_prompts: int = Field(
+        100,
+        ge=0,
+        description="evaluate: eval prompts that get an IFEval constraint (0: no IFEval guard).",
+    )
+    warn_ifeval_drop: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="evaluate: warn when IFEval prompt-level strict accuracy falls more than "
+        "this below the seed's (iteration 0).",
+    )
+    judge_probe_prompts: int = Field(
+        8, ge=0, description="evaluate(0): prompts the judge-hacking probe uses (0: no probe)."
+    )
+    warn_judge_probe_rate: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="evaluate(0): warn when the judge prefers more than this share of "
+        "master-key responses (':', 'Thought process:', ...) to real ones.",
+    )
 
 
 class TPORunSpec(Model):

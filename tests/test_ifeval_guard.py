@@ -1,0 +1,193 @@
+"""The IFEval guard (tpo/ifeval_guard.py): lm-eval's own IFEval checkers, offline.
+
+The no-download tests run in a fresh interpreter with an empty NLTK data path and a fresh
+cache, nltk.download and every socket connect patched to raise: the guard must build punkt_tab
+from its package and check responses without reaching for the network. The control shows that
+the same set-up does catch lm-eval's download when the data is not arranged.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tpo import ifeval_guard as G
+from tpo.thoughts import split_output
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_NO_NETWORK = """
+import json, socket, sys
+import nltk
+def refuse(*a, **k):
+    raise SystemExit("DOWNLOAD ATTEMPTED: %r" % (a,))
+nltk.download = refuse
+def no_net(*a, **k):
+    raise SystemExit("NETWORK ATTEMPTED: %r" % (a,))
+socket.socket.connect = no_net
+socket.create_connection = no_net
+"""
+
+_GUARD = """
+from tpo import ifeval_guard as G
+recs = G.attach([{"prompt_id": str(i), "instruction": "Say hi."} for i in range(5)], 5, 0)
+acc = G.accuracy(recs, [
+    "hi there",                      # no_comma: followed
+    "hi, " * 50,                     # number_words < N: not followed (and has commas)
+    '"hi"',                          # quotation: followed
+    "no title",                      # title: not followed
+    "One. Two. Three. Four. Five.",  # number_sentences (punkt): depends on the relation
+])
+print(json.dumps({"rows": acc.rows, "strict": acc.strict, "data": str(G.nltk_data_dir())}))
+"""
+
+_BARE_LM_EVAL = """
+import os, types, lm_eval
+pkg = types.ModuleType("lm_eval.tasks")
+pkg.__path__ = [os.path.join(os.path.dirname(lm_eval.__file__), "tasks")]
+sys.modules["lm_eval.tasks"] = pkg
+from lm_eval.tasks.ifeval import instructions_registry
+print("imported without data")
+"""
+
+
+def _fresh(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path / "home"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "NLTK_DATA": str(tmp_path / "empty-nltk-data"),
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", _NO_NETWORK + code],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_checkers_work_offline_without_a_download(tmp_path):
+    out = _fresh(tmp_path, _GUARD)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ATTEMPTED" not in out.stdout + out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    # The tables were built under the fresh cache, from the package.
+    built = Path(got["data"]) / "tokenizers" / "punkt_tab" / "english"
+    assert str(tmp_path / "cache") in got["data"]
+    assert {p.name for p in built.iterdir()} == {
+        "collocations.tab",
+        "sent_starters.txt",
+        "abbrev_types.txt",
+        "ortho_context.tab",
+    }
+    strict = [r["strict"] for r in got["rows"]]
+    assert strict[:4] == [True, False, True, False]
+    # Prompt 4 asks for "at least 1" sentences (seed 0's draw, see the prompt test): 5 counted.
+    assert strict[4] is True
+
+
+def test_control_lm_eval_alone_would_download(tmp_path):
+    """Without the guard's data, lm-eval's IFEval import calls nltk.download: the patched
+    download above is what the first test relies on to prove none happened."""
+    out = _fresh(tmp_path, _BARE_LM_EVAL)
+    assert out.returncode != 0
+    assert "DOWNLOAD ATTEMPTED: ('punkt_tab',)" in out.stderr
+
+
+def test_prompts_carry_the_checkers_own_descriptions():
+    _, registry = G.checkers()
+    prompts = [{"prompt_id": f"p{i}", "instruction": f"Task {i}."} for i in range(30)]
+    recs = G.attach(prompts, 25, seed=7)
+    assert len(recs) == 25 and [r["prompt_id"] for r in recs] == [f"p{i}" for i in range(25)]
+    assert {r["ifeval"]["instruction_id_list"][0] for r in recs} == set(G.CHECKS)
+    for r, p in zip(recs, prompts, strict=False):
+        (check,), (kwargs,) = r["ifeval"]["instruction_id_list"], r["ifeval"]["kwargs"]
+        description = registry.INSTRUCTION_DICT[check](check).build_description(**kwargs)
+        assert r["instruction"] == f"{p['instruction']}\n\n{description}"
+    # Deterministic: every iteration answers the same constraints.
+    assert G.attach(prompts, 25, seed=7) == recs
+    assert G.attach(prompts, 25, seed=8) != recs
+
+
+def _one(check: str, kwargs: dict) -> dict:
+    return {
+        "prompt_id": "x",
+        "instruction": "Say hi.",
+        "ifeval": {"instruction_id_list": [check], "kwargs": [kwargs]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("check", "kwargs", "follows", "breaks"),
+    [
+        ("punctuation:no_comma", {}, "hi there", "hi, there"),
+        ("startend:quotation", {}, '"hi"', "hi"),
+        ("detectable_format:title", {}, "<<Hi>> hello", "hello"),
+        ("keywords:existence", {"keywords": ["answer"]}, "the answer", "nothing"),
+        ("keywords:forbidden_words", {"forbidden_words": ["very"]}, "good", "very good"),
+        ("detectable_content:postscript", {"postscript_marker": "P.S."}, "hi\nP.S. bye", "hi"),
+        (
+            "startend:end_checker",
+            {"end_phrase": "Any other questions?"},
+            "hi. Any other questions?",
+            "Any other questions? hi",
+        ),
+        ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* a\n* b", "* a"),
+        (
+            "length_constraints:number_sentences",
+            {"relation": "less than", "num_sentences": 2},
+            "Dr. Smith went home at 5 p.m. today.",  # punkt: one sentence, abbreviations kept
+            "He went home. She stayed.",
+        ),
+        (
+            "length_constraints:number_words",
+            {"relation": "less than", "num_words": 5},
+            "one two three",
+            "one two three four five six",
+        ),
+    ],
+)
+def test_each_check_reads_as_lm_eval_does(check, kwargs, follows, breaks):
+    acc = G.accuracy([_one(check, kwargs), _one(check, kwargs)], [follows, breaks])
+    assert [r["strict"] for r in acc.rows] == [True, False]
+    assert acc.strict == 0.5
+
+
+def test_loose_forgives_markdown_and_a_preamble_line_strict_does_not():
+    rec = _one("startend:quotation", {})
+    acc = G.accuracy([rec, rec], ['Sure:\n"hi"', '*"hi"*'])
+    assert [r["strict"] for r in acc.rows] == [False, False]
+    assert [r["loose"] for r in acc.rows] == [True, True]
+    assert (acc.strict, acc.loose) == (0.0, 1.0)
+
+
+def test_the_thought_is_stripped_and_a_parse_failure_follows_nothing():
+    """The check reads the response after the separator: a comma in the thought does not
+    count against no_comma; an output without the separator has no response."""
+    sep = "Here is my response:"
+    ok = split_output("I think, therefore.\nHere is my response: hello there", sep)
+    failed = split_output("hello there", sep)
+    rec = _one("punctuation:no_comma", {})
+    acc = G.accuracy([rec, rec], [ok.response, failed.response if failed.parse_ok else None])
+    assert [r["strict"] for r in acc.rows] == [True, False]
+
+
+def test_drop_against_the_seed_warns_past_the_threshold():
+    seed = G.summary(G.Accuracy(strict=0.6, loose=0.7, n=50, rows=[]), None)
+    assert "ifeval_strict_drop" not in seed
+    now = G.summary(G.Accuracy(strict=0.4, loose=0.66, n=50, rows=[]), seed)
+    assert now["ifeval_strict_drop"] == 0.2 and now["ifeval_loose_drop"] == 0.04
+    w = G.drop_warning(now, 0.1)
+    assert w is not None and w["guard"] == "warnIfevalDrop" and w["count"] == 20
+    assert "60.0% -> 40.0% over 50 prompts" in w["message"]
+    assert G.drop_warning(now, 0.2) is None  # a drop equal to the threshold is not past it
+    assert G.drop_warning(now, 1.0) is None
+    better = G.summary(G.Accuracy(strict=0.9, loose=0.9, n=50, rows=[]), seed)
+    assert G.drop_warning(better, 0.0) is None
