@@ -850,6 +850,24 @@ class IterationStatus(Model):
     warnings: list[GuardWarning] = Field(
         default_factory=list, description="Guard warn levels crossed (docs/guards.md)."
     )
+    ifeval_strict: float | None = Field(
+        None, description="IFEval prompt-level strict accuracy (lm-eval's checkers)."
+    )
+    ifeval_loose: float | None = Field(None, description="IFEval prompt-level loose accuracy.")
+    ifeval_prompts: int | None = Field(None, description="Prompts the IFEval figures are over.")
+    ifeval_strict_drop: float | None = Field(
+        None, description="The seed's strict accuracy minus this iteration's."
+    )
+    ifeval_loose_drop: float | None = None
+    judge_probe_rate: float | None = Field(
+        None, description="Iteration 0: share of master-key probes the judge preferred."
+    )
+    judge_probe_n: int | None = Field(None, description="Probe comparisons with a verdict.")
+    judge_probe_preferred: int | None = None
+    judge_probe_ties: int | None = None
+    judge_probe_by_key: dict[str, float] = Field(
+        default_factory=dict, description="Preferred share per master key."
+    )
     eval_judge_mean_score: float | None = None
     baseline_judge_mean_score: float | None = None
     judge_errors: int | None = None

@@ -56,6 +56,16 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "mean_response_tokens",
         "categories",
         "compare",
+        "ifeval_strict",
+        "ifeval_loose",
+        "ifeval_prompts",
+        "ifeval_strict_drop",
+        "ifeval_loose_drop",
+        "judge_probe_rate",
+        "judge_probe_n",
+        "judge_probe_preferred",
+        "judge_probe_ties",
+        "judge_probe_by_key",
     ),
 }
 # Generation's token means describe training samples; evaluation's describe the model's

@@ -119,6 +119,22 @@ ITERATION_GAUGES: dict[str, Gauge] = {
     "pair_yield": _g(
         "tpo_iteration_pair_yield_ratio", "Share of the iteration's prompts that gave a pair."
     ),
+    "ifeval_strict": _g(
+        "tpo_iteration_ifeval_strict_accuracy",
+        "IFEval prompt-level strict accuracy of the iteration's model, thought stripped (0-1).",
+    ),
+    "ifeval_loose": _g(
+        "tpo_iteration_ifeval_loose_accuracy", "IFEval prompt-level loose accuracy (0-1)."
+    ),
+    "ifeval_strict_drop": _g(
+        "tpo_iteration_ifeval_strict_drop",
+        "The seed's IFEval strict accuracy minus the iteration's (guards.warnIfevalDrop).",
+    ),
+    "judge_probe_rate": _g(
+        "tpo_iteration_judge_probe_preferred_ratio",
+        "Iteration 0: share of master-key probes (':', 'Thought process:', ...) the judge "
+        "preferred to real responses (guards.warnJudgeProbeRate).",
+    ),
     "samples": _g("tpo_iteration_samples", "Samples generated (prompts x K)."),
     "pairs": _g("tpo_iteration_pairs", "DPO preference pairs built by the judge phase."),
     "skipped_prompts": _g(
