@@ -22,17 +22,33 @@ from tpo.thoughts import split_output
 
 
 class EvalReplay(Replay):
-    """The i-th generate call (evaluate: the candidate first, then the baseline) answers each
-    prompt with real sample `samples[i]`: two different real outputs per prompt."""
+    """Each model answers with its own real sample of each prompt: M(1) (the candidate) with
+    sample 1, the seed (the baseline) with sample 0: two different real outputs per prompt."""
 
-    def __init__(self, arm_name: str, tp: ThoughtPrompt, samples: tuple[int, ...] = (1, 0)):
+    def __init__(self, arm_name: str, tp: ThoughtPrompt):
         super().__init__(arm_name, tp)
-        self.samples = samples
+        self.sample = 0
+        self.loads: list[str] = []
+
+    def load(self, run: RunDir, loc: str) -> EvalReplay:
+        self.loads.append(loc)
+        self.sample = 1 if loc == str(run.model(1)) else 0
+        return self
 
     def generate(self, prompts, **kw):
-        k = self.samples[len(self.calls)]
         self.calls.append(kw)
-        return [[self.by_prompt[p][k]] for p in prompts]
+        return [[self.by_prompt[self.key(p)][self.sample]] for p in prompts]
+
+    def key(self, prompt: str) -> str:
+        """The recorded prompt this one asks (an eval prompt may carry an added constraint)."""
+        if prompt in self.by_prompt:
+            return prompt
+        (hit,) = [q for q in self.by_prompt if _question(q) in prompt]
+        return hit
+
+
+def _question(wrapped: str) -> str:
+    return wrapped.split("User query: ", 1)[-1]
 
 
 def eval_run(tmp_path, monkeypatch, arm_name: str, tp: dict) -> tuple[RunDir, EvalReplay]:
@@ -48,7 +64,7 @@ def eval_run(tmp_path, monkeypatch, arm_name: str, tp: dict) -> tuple[RunDir, Ev
         evaluation={"baseline": "seed", "minCategoryPrompts": 1},
     )
     replay = EvalReplay(arm_name, ThoughtPrompt(**tp))
-    monkeypatch.setattr("tpo.generate.load_generator", lambda *a, **k: replay)
+    monkeypatch.setattr("tpo.generate.load_generator", lambda loc, *a, **k: replay.load(run, loc))
     model = run.model(1)
     model.mkdir(parents=True)
     (model / "config.json").write_text("{}")
@@ -58,21 +74,22 @@ def eval_run(tmp_path, monkeypatch, arm_name: str, tp: dict) -> tuple[RunDir, Ev
 
 def real_flags(run: RunDir, arm_name: str, sep: str | None) -> list[tuple[bool, bool]]:
     """(candidate parsed, baseline parsed) per eval prompt, from the committed outputs alone."""
-    by = {(r["instruction"], r["sample"]): r["text"] for r in arm(arm_name)}
+    rows = arm(arm_name)
+
+    def parsed(instruction: str, sample: int) -> bool:
+        (text,) = [
+            r["text"] for r in rows if r["sample"] == sample and r["instruction"] in instruction
+        ]
+        return split_output(text, sep).parse_ok
+
     prompts = A.read_jsonl(run.eval_prompts)
-    return [
-        (
-            split_output(by[(p["instruction"], 1)], sep).parse_ok,
-            split_output(by[(p["instruction"], 0)], sep).parse_ok,
-        )
-        for p in prompts
-    ]
+    return [(parsed(p["instruction"], 1), parsed(p["instruction"], 0)) for p in prompts]
 
 
 def test_both_failed_prompts_are_counted_not_rated(tmp_path, monkeypatch):
     run, replay = eval_run(tmp_path, monkeypatch, "generic", {"type": "generic"})
     result = P.run_phase("evaluate", run, 1)
-    assert len(replay.calls) == 2  # the candidate's and the baseline's outputs
+    assert {str(run.model(1)), str(tmp_path / "smollm2")} <= set(replay.loads)  # both models
     flags = real_flags(run, "generic", "Here is my response:")
     both = sum(not c and not b for c, b in flags)
     wins = sum(c and not b for c, b in flags)
@@ -146,4 +163,33 @@ def test_category_records_count_both_failed_and_rate_only_the_rest():
     assert (b.n, b.wins, b.losses, b.both_failed, b.win_rate) == (2, 1, 1, 0, 0.5)
     assert b.baseline_parse_failure_rate == 0.0
     (only,) = category_tallies([None], [False], [False], ["c"], min_n=1)
-    assert only.win_rate is None and only.note == "too few rated prompts (n=0)"
+    assert only.win_rate is None and only.note == "too few prompts (n=0)"
+
+
+def test_status_report_and_metrics_show_the_counts(tmp_path, monkeypatch):
+    """The real evaluation's counts reach the status history, report.md (with what each
+    column is over) and the operator's series, the both-failed prompts beside the rate."""
+    from tpo_operator import metrics
+
+    from tpo.report import write_report
+    from tpo.spec import TPORunStatus, parse_spec
+    from tpo.status import apply_summary
+
+    run, _ = eval_run(tmp_path, monkeypatch, "generic", {"type": "generic"})
+    result = P.run_phase("evaluate", run, 1)
+    status = apply_summary(TPORunStatus(), result)
+    (h,) = status.history
+    assert (h.n, h.both_failed, h.eval_prompts) == (result["n"], result["both_failed"], 20)
+    assert h.baseline_parse_failure_rate == result["baseline_parse_failure_rate"]
+    report = write_report(run, status, parse_spec(A.read_json(run.spec))).read_text()
+    counts = f"| {h.wins} / {h.ties} / {h.losses} / {h.both_failed} |"
+    assert counts in report and f"| {h.n} |" in report
+    assert "over the n rated prompts (wins + ties + losses; ties count half)" in report
+    assert f"{h.eval_parse_failure_rate:.3f} / {h.baseline_parse_failure_rate:.3f}" in report
+    series = metrics.run_series("ns", "r", status)
+    it = ("ns", "r", "1")
+    assert series[(metrics.EVAL_OUTCOMES, (*it, "both_failed"))] == h.both_failed
+    assert series[(metrics.ITERATION_GAUGES["n"], it)] == h.n
+    assert series[(metrics.ITERATION_GAUGES["baseline_parse_failure_rate"], it)] == pytest.approx(
+        h.baseline_parse_failure_rate
+    )

@@ -264,7 +264,7 @@ def category_tallies(
                 win_rate=_r(wr.rate) if rate_ok and wr else None,
                 win_rate_low=_r(wr.low) if rate_ok and wr else None,
                 win_rate_high=_r(wr.high) if rate_ok and wr else None,
-                note=None if rate_ok else f"too few rated prompts (n={t.rated})",
+                note=None if rate_ok else f"too few prompts (n={t.rated})",
             )
         )
     return out

@@ -24,21 +24,61 @@ def _wr(h: IterationStatus) -> str:
     return f"{h.win_rate:.3f} [{_f(h.win_rate_low)}, {_f(h.win_rate_high)}]"
 
 
+def _n(x: int | None) -> str:
+    return "-" if x is None else str(x)
+
+
+def _outcomes(h: IterationStatus) -> str:
+    """wins / ties / losses / both failed: the first three are what the win rate is over."""
+    if h.wins is None:
+        return "-"
+    return f"{h.wins} / {h.ties} / {h.losses} / {_n(h.both_failed)}"
+
+
+SUMMARY_LEGEND = (
+    "Columns, and what each is over: *pairs (yield)*: preference pairs, and the share of the "
+    "iteration's training prompts that gave one; *parse fail (gen)*: training samples without a "
+    "usable response, over all samples; *cut*: training samples cut at `generation.maxTokens`, "
+    "over all samples; *no verdict*: judge replies without a verdict, over the judge's replies; "
+    "*eval parse fail (model / base)*: eval outputs without a usable response, the candidate's "
+    "and the baseline's, each over all eval prompts; *W / T / L / both failed*: eval prompts the "
+    "candidate won, tied, lost, and where neither side parsed; *win rate*: over the n rated "
+    "prompts (wins + ties + losses; ties count half): a prompt where both sides failed to parse "
+    "is no half win and is left out; *judge score*: mean pointwise score over all eval prompts "
+    "(an unparsed output scores 0); *thought / response tok*: means over the candidate's parsed "
+    "eval outputs (over the training samples' parsed ones before evaluation)."
+)
+
+
 def summary_table(status: TPORunStatus) -> str:
     head = (
-        "| iter | pairs | parse fail | win rate [95% CI] | judge score (model / base) "
-        "| thought tok | response tok |"
+        "| iter | pairs (yield) | parse fail (gen) | cut | no verdict "
+        "| eval parse fail (model / base) | W / T / L / both failed | win rate [95% CI] | n "
+        "| judge score (model / base) | thought tok | response tok |"
     )
-    rows = [head, "|" + "---|" * 7]
+    rows = [head, "|" + "---|" * 12]
     for h in status.history:
         label = "0 (seed: thoughts vs direct)" if h.iteration == 0 else str(h.iteration)
+        pairs = "-" if h.pairs is None else f"{h.pairs} ({_f(h.pair_yield, '.2f')})"
         rows.append(
-            f"| {label} | {h.pairs if h.pairs is not None else '-'} "
-            f"| {_f(h.eval_parse_failure_rate)} | {_wr(h)} "
+            f"| {label} | {pairs} | {_f(h.parse_failure_rate)} | {_f(h.truncated_rate)} "
+            f"| {_f(h.judge_no_verdict_rate)} "
+            f"| {_f(h.eval_parse_failure_rate)} / {_f(h.baseline_parse_failure_rate)} "
+            f"| {_outcomes(h)} | {_wr(h)} | {_n(h.n)} "
             f"| {_f(h.eval_judge_mean_score)} / {_f(h.baseline_judge_mean_score)} "
             f"| {_f(h.mean_thought_tokens, '.1f')} | {_f(h.mean_response_tokens, '.1f')} |"
         )
     return "\n".join(rows)
+
+
+def warnings_section(status: TPORunStatus) -> list[str]:
+    """Every guard warning the run recorded (docs/guards.md), as `tpo run` printed it."""
+    from tpo.status import warning_line, warnings_of
+
+    found = warnings_of(status)
+    if not found:
+        return []
+    return ["", "## Guard warnings", "", *(f"- {warning_line(t, w)}" for t, w in found)]
 
 
 def _cat_cell(c: CategoryWinRate | None) -> str:
@@ -51,11 +91,21 @@ def _cat_cell(c: CategoryWinRate | None) -> str:
 
 
 def category_table(h: IterationStatus) -> str:
+    """One iteration's categories with their counts: the rate is over n (wins + ties + losses);
+    parse failure rates over all the category's eval prompts."""
     if not h.categories:
         return ""
-    rows = ["| category | n | win rate [95% CI] |", "|---|---|---|"]
+    rows = [
+        "| category | n | win rate [95% CI] | prompts | W / T / L / both failed "
+        "| eval parse fail (model / base) |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in h.categories:
-        rows.append(f"| {c.category} | {c.n} | {_cat_cell(c)} |")
+        counts = "-" if c.wins is None else f"{c.wins} / {c.ties} / {c.losses} / {c.both_failed}"
+        rows.append(
+            f"| {c.category} | {c.n} | {_cat_cell(c)} | {_n(c.prompts)} | {counts} "
+            f"| {_f(c.parse_failure_rate)} / {_f(c.baseline_parse_failure_rate)} |"
+        )
     return "\n".join(rows)
 
 
@@ -89,8 +139,8 @@ def comparison_table(status: TPORunStatus) -> str:
     if not hist:
         return ""
     rows = [
-        "| iter | win rate vs other [95% CI] | wins / ties / losses | judge score (this / other) "
-        "| thought tok (this / other) | response tok (this / other) |",
+        "| iter | win rate vs other [95% CI] | W / T / L / both failed "
+        "| judge score (this / other) | thought tok (this / other) | response tok (this / other) |",
         "|---|---|---|---|---|---|",
     ]
     for h in hist:
@@ -101,7 +151,7 @@ def comparison_table(status: TPORunStatus) -> str:
             continue
         rows.append(
             f"| {h.iteration} | {c.win_rate:.3f} [{_f(c.win_rate_low)}, {_f(c.win_rate_high)}] "
-            f"| {c.wins} / {c.ties} / {c.losses} "
+            f"| {c.wins} / {c.ties} / {c.losses} / {_n(c.both_failed)} "
             f"| {_f(h.eval_judge_mean_score)} / {_f(c.judge_mean_score)} "
             f"| {_f(h.mean_thought_tokens, '.1f')} / {_f(c.mean_thought_tokens, '.1f')} "
             f"| {_f(h.mean_response_tokens, '.1f')} / {_f(c.mean_response_tokens, '.1f')} |"
@@ -119,7 +169,8 @@ def comparison_section(status: TPORunStatus, spec: TPORunSpec) -> list[str]:
         f"## Two arms: this run vs `{other}`",
         "",
         f"M(t) of this run against M(t) of `{other}` on the same eval prompts, each prompted "
-        f"as its own run prompts it, judged by this run's judge (ties count half).",
+        f"as its own run prompts it, judged by this run's judge (ties count half; prompts where "
+        f"neither side parsed are counted, not rated).",
         "",
         table,
     ]
@@ -264,9 +315,10 @@ def write_report(run: RunDir, status: TPORunStatus, spec: TPORunSpec) -> Path:
         summary_table(status),
         "",
         "Iteration 0 compares the seed prompted to think against the same seed answering "
-        "directly (the paper's first row). Ties count half.",
+        "directly (the paper's first row). " + SUMMARY_LEGEND,
         "",
         "![win rate and thought length per iteration](report.png)",
+        *warnings_section(status),
     ]
     if last and any(h.categories for h in status.history):
         parts += [
@@ -275,9 +327,21 @@ def write_report(run: RunDir, status: TPORunStatus, spec: TPORunSpec) -> Path:
             "",
             category_history_table(status),
             "",
-            f"Categories with fewer than {spec.evaluation.min_category_prompts} eval prompts "
-            "(evaluation.minCategoryPrompts) get no rate: a handful of prompts is noise.",
+            f"n is a category's rated eval prompts (wins + ties + losses; prompts where both "
+            f"sides failed to parse are not rated). Categories with fewer than "
+            f"{spec.evaluation.min_category_prompts} (evaluation.minCategoryPrompts) get no "
+            "rate: a handful of prompts is noise.",
         ]
+        counted = max(
+            (h for h in status.history if h.categories), key=lambda h: h.iteration, default=None
+        )
+        if counted is not None:
+            parts += [
+                "",
+                f"Counts per category, iteration {counted.iteration}:",
+                "",
+                category_table(counted),
+            ]
     parts += comparison_section(status, spec)
     budget = spec.generation.thought_budget
     if budget is not None:
