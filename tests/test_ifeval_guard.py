@@ -191,3 +191,64 @@ def test_drop_against_the_seed_warns_past_the_threshold():
     assert G.drop_warning(now, 1.0) is None
     better = G.summary(G.Accuracy(strict=0.9, loose=0.9, n=50, rows=[]), seed)
     assert G.drop_warning(better, 0.0) is None
+
+
+# --------------------------------------------------------------------------- in the phases
+
+
+def test_evaluate_reports_ifeval_and_the_probe_and_warns_on_a_drop(tmp_path, tiny_lm):
+    """prepare, evaluate(0), a stand-in M(1) (the seed's weights, marked trained), evaluate(1):
+    the summaries and the status history carry the IFEval accuracies and the probe (the run's
+    judge here prefers a colon to any answer); the per-prompt results are written; a seed that
+    did better gives a drop warning, which the QualityWarning condition reads."""
+    import shutil
+
+    from test_phases import phase
+    from tinyrun import tiny_spec, write_dataset
+
+    from tpo import artifacts as A
+    from tpo.artifacts import RunDir
+    from tpo.spec import TPORunStatus
+    from tpo.status import apply_summary, set_quality
+
+    ds = write_dataset(tmp_path / "ds.jsonl")
+    run = RunDir(tmp_path / "runs" / "default" / "t")
+    judge = {"type": "programmatic", "programmatic": {"function": "judge_fixtures:prefers_colon"}}
+    guards = {"ifevalPrompts": 4, "judgeProbePrompts": 4}
+    # Sampled: the untrained model's greedy output is empty (both arms unparsed, no rate).
+    spec = tiny_spec(tiny_lm, ds, judge=judge, guards=guards, evaluation={"temperature": 0.8})
+    phase(run.path, "prepare", 0, "--spec", json.dumps(spec))
+    e0 = json.loads(phase(run.path, "evaluate", 0).stdout.strip().splitlines()[-1])
+    assert e0["ifeval_prompts"] == 4 and 0.0 <= e0["ifeval_strict"] <= e0["ifeval_loose"] <= 1
+    assert "ifeval_strict_drop" not in e0
+    rows = A.read_jsonl(G.outputs_path(run, 0))
+    assert len(rows) == 4 and e0["ifeval_strict"] == sum(r["strict"] for r in rows) / 4
+    assert [r["checks"] for r in rows] == [[c] for c in G.CHECKS[:4]]
+    # ":", "Thought process:" and the step-by-step opener beat every real response.
+    assert (e0["judge_probe_prompts"], e0["judge_probe_n"]) == (4, 20)
+    assert e0["judge_probe_rate"] == 0.6 and e0["judge_probe_by_key"]["colon"] == 1.0
+    (probe_warning,) = [w for w in e0["warnings"] if w["guard"] == "warnJudgeProbeRate"]
+    assert "12 of 20" in probe_warning["message"]
+
+    # M(1) := the seed; the seed's recorded strict accuracy raised to 1 so M(1) falls short
+    # (random text cannot meet the quotation and title checks of prompts 3 and 4).
+    shutil.copytree(tiny_lm, run.model(1))
+    A.write_done(run.done("train", 1), {"phase": "train", "iteration": 1}, [run.model(1)])
+    seed_done = A.read_done(run.done("evaluate", 0))
+    outs = [run.eval_result(0), run.eval_outputs(0), run.exports_dir(0), G.outputs_path(run, 0)]
+    A.write_done(run.done("evaluate", 0), {**seed_done, "ifeval_strict": 1.0}, outs)
+    e1 = json.loads(phase(run.path, "evaluate", 1).stdout.strip().splitlines()[-1])
+    assert e1["ifeval_strict"] <= 0.5
+    assert e1["ifeval_strict_drop"] == round(1.0 - e1["ifeval_strict"], 4)
+    assert "judge_probe_rate" not in e1  # the probe runs once, before iteration 1
+    (drop,) = [w for w in e1["warnings"] if w["guard"] == "warnIfevalDrop"]
+    assert "below the seed's (100.0% ->" in drop["message"]
+    status = TPORunStatus()
+    for s in (e0, e1):
+        status = apply_summary(status, s)
+    h0, h1 = status.history
+    assert h0.ifeval_strict == e0["ifeval_strict"] and h0.judge_probe_rate == 0.6
+    assert h1.ifeval_strict_drop == e1["ifeval_strict_drop"]
+    cond = next(c for c in set_quality(status, "now").conditions if c.type == "QualityWarning")
+    assert cond.status == "True"
+    assert cond.reason == "JudgeProbeRate,IfevalDrop"

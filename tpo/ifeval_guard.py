@@ -268,3 +268,60 @@ def drop_warning(fields: dict[str, Any], threshold: float) -> dict[str, Any] | N
             "instruction following (docs/guards.md)"
         ),
     }
+
+
+# --------------------------------------------------------------------------- the evaluate phase
+
+
+def records(spec: Any, prompts: Sequence[dict]) -> list[dict]:
+    """The run's IFEval prompts (guards.ifevalPrompts of the eval prompts; [] when 0). A
+    worker without lm-eval's checkers is bad input naming the field that turns them off."""
+    n = int(spec.guards.ifeval_prompts)
+    if n <= 0 or not prompts:
+        return []
+    try:
+        return attach(prompts, n, spec.dataset.seed)
+    except ImportError as e:
+        from tpo.errors import BadInput
+
+        raise BadInput(
+            f"spec.guards.ifevalPrompts {n}: the IFEval guard needs lm-eval's IFEval checkers "
+            f"({e}); install the `ifeval` extra and `pip install --no-deps lm-eval==0.4.13`, "
+            "or set guards.ifevalPrompts: 0"
+        ) from None
+
+
+def outputs_path(run: Any, iteration: int) -> Path:
+    """Per-prompt IFEval results of iteration t (beside eval.json)."""
+    return run.iter_dir(iteration) / "ifeval.jsonl"
+
+
+def evaluate_fields(
+    spec: Any, run: Any, iteration: int, recs: Sequence[dict], rows: Sequence[dict]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Check M(t)'s responses (thought stripped; a parse failure follows nothing), write the
+    per-prompt results, and return the summary fields and the warnings (the drop against
+    iteration 0's eval.json)."""
+    from tpo import artifacts as A
+
+    if not recs:
+        return {}, []
+    acc = accuracy(recs, [r["response"] if r.get("parse_ok") else None for r in rows])
+    A.write_jsonl(
+        outputs_path(run, iteration),
+        [
+            {**res, "kwargs": rec["ifeval"]["kwargs"], "response": row.get("response")}
+            for res, rec, row in zip(acc.rows, recs, rows, strict=True)
+        ],
+    )
+    seed = None
+    if iteration > 0:  # iteration 0's summary, as its DONE marker vouches for it
+        try:
+            seed = A.read_done(run.done("evaluate", 0))
+        except A.ArtifactError as e:
+            print(f"warning: IFEval guard: no seed figures to compare with ({e})", file=sys.stderr)
+    fields = summary(acc, seed)
+    w = drop_warning(fields, spec.guards.warn_ifeval_drop)
+    if w:
+        print(w["message"], file=sys.stderr)
+    return fields, [w] if w else []

@@ -17,6 +17,7 @@ so the probe costs judge calls only, no engine start and no extra generation.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,3 +123,21 @@ def warning(res: ProbeResult, threshold: float) -> dict[str, Any] | None:
             "template (docs/guards.md)"
         ),
     }
+
+
+def probe(
+    spec: Any, judge: Any, item: type, prompts: Sequence[dict], *arms: Sequence[dict]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """evaluate(0): the probe on guards.judgeProbePrompts prompts (none when 0); its summary
+    fields and warnings."""
+    n = int(spec.guards.judge_probe_prompts)
+    if n <= 0:
+        return {}, []
+    pairs = real_responses(prompts, *arms, limit=n)
+    if not pairs:
+        return {"judge_probe_prompts": 0}, []
+    res = run(judge, item, pairs)
+    w = warning(res, spec.guards.warn_judge_probe_rate)
+    if w:
+        print(w["message"], file=sys.stderr)
+    return summary(res), [w] if w else []

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tpo import artifacts as A
-from tpo import guards, progress
+from tpo import guards, ifeval_guard, judge_probe, progress
 from tpo.artifacts import ArtifactError, RunDir
 from tpo.errors import (
     EXIT_BAD_INPUT,
@@ -174,7 +174,8 @@ def outputs(name: str, spec: TPORunSpec, run: RunDir, t: int, index: int) -> lis
         return [run.scores(t, index), run.pairs(t, index), run.battles(t, index)]
     if name == "train":
         return [run.model(t)]
-    return [run.eval_result(t), run.eval_outputs(t)]
+    ifeval = [ifeval_guard.outputs_path(run, t)] if spec.guards.ifeval_prompts > 0 else []
+    return [run.eval_result(t), run.eval_outputs(t), *ifeval]
 
 
 def _start_pod_metrics(run: RunDir, name: str, iteration: int, index: int) -> None:
@@ -689,11 +690,13 @@ def _eval_outputs(
     prompts: list[dict],
     arms: dict[str, ThoughtPrompt],
     generation: Generation | None = None,
+    arm_prompts: dict[str, list[dict]] | None = None,
 ) -> dict[str, list[dict]]:
     """Greedy (or spec'd) outputs of one model under each thought prompt; one engine load.
 
     An arm with thoughts gets the thought budget of `generation` (default: this run's), so a
-    budgeted run is evaluated as it generates; compareWith passes the other run's."""
+    budgeted run is evaluated as it generates; compareWith passes the other run's.
+    `arm_prompts` gives an arm prompts of its own (the IFEval guard's constrained ones)."""
     from tpo.generate import budget_of, load_generator
     from tpo.prompts import wrap
     from tpo.thoughts import split_output
@@ -706,7 +709,8 @@ def _eval_outputs(
     try:
         for arm, tp in arms.items():
             _, sep = tp.resolved()
-            wrapped = [wrap(tp, p["instruction"], stated) for p in prompts]
+            ps = (arm_prompts or {}).get(arm, prompts)
+            wrapped = [wrap(tp, p["instruction"], stated) for p in ps]
             comps = gen.generate(
                 wrapped,
                 n=1,
@@ -718,7 +722,7 @@ def _eval_outputs(
                 prefill=tp.prefill,
             )
             rows = []
-            for p, c in zip(prompts, comps, strict=True):
+            for p, c in zip(ps, comps, strict=True):
                 s = split_output(c[0].text, sep)
                 rows.append(
                     {
@@ -755,26 +759,33 @@ def _cached_arm(
 
 
 def _eval_arms(
-    spec: TPORunSpec, run: RunDir, iteration: int, prompts: list[dict]
-) -> tuple[list[dict], list[dict], list[dict] | None, str | None]:
-    """The outputs evaluate judges: the candidate's, the baseline's, compareWith's."""
+    spec: TPORunSpec, run: RunDir, iteration: int, prompts: list[dict], ifeval: list[dict]
+) -> tuple[list[dict], list[dict], list[dict] | None, str | None, list[dict]]:
+    """The outputs evaluate judges: the candidate's, the baseline's, compareWith's; and the
+    candidate's answers to the IFEval guard's prompts (`ifeval`; [] when there are none)."""
     seed = spec.model.location
     tp = spec.thought_prompt
+    own = {"ifeval": ifeval, f"seed-ifeval-{tp.type}": ifeval}
     if iteration == 0:
         # The paper's first row: the seed with the thought prompt vs the seed answering directly.
         # Both arms from ONE engine load (an engine start is most of this phase on small models).
         arms = {f"seed-{tp.type}": tp, "seed-none": _DIRECT}
+        arms.update({f"seed-ifeval-{tp.type}": tp} if ifeval else {})
         missing = {k: v for k, v in arms.items() if not run.baseline_outputs(k).exists()}
         if missing:
-            for key, rows in _eval_outputs(spec, seed, prompts, missing).items():
+            for key, rows in _eval_outputs(spec, seed, prompts, missing, None, own).items():
                 A.write_jsonl(run.baseline_outputs(key), rows)
         cand = _cached_arm(spec, run, f"seed-{tp.type}", seed, prompts, tp)
         base = _cached_arm(spec, run, "seed-none", seed, prompts, _DIRECT)
+        key = f"seed-ifeval-{tp.type}"
+        ifeval_rows = _cached_arm(spec, run, key, seed, ifeval, tp) if ifeval else []
     else:
-        cand = _eval_outputs(spec, model_location(spec, run, iteration), prompts, {"c": tp})["c"]
+        arms = {"c": tp, **({"ifeval": tp} if ifeval else {})}
+        outs = _eval_outputs(spec, model_location(spec, run, iteration), prompts, arms, None, own)
+        cand, ifeval_rows = outs["c"], outs.get("ifeval", [])
         base = _baseline(spec, run, prompts)
     other, note = _other_arm(spec, run, iteration, prompts)
-    return cand, base, other, note
+    return cand, base, other, note, ifeval_rows
 
 
 def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
@@ -786,8 +797,9 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         prompts = prompts[: spec.evaluation.prompts]
     check_model(spec.model, "spec.model")
     tp = spec.thought_prompt
+    ifeval = ifeval_guard.records(spec, prompts)  # docs/guards.md: the IFEval guard
     with progress.task("outputs", "samples"):  # the engine counts every arm's outputs
-        cand, base, other, note = _eval_arms(spec, run, iteration, prompts)
+        cand, base, other, note, ifeval_rows = _eval_arms(spec, run, iteration, prompts, ifeval)
     min_n = spec.evaluation.min_category_prompts
     j = load_judge(spec.judge, engine=spec.generation, reference_field=spec.dataset.reference_field)
     with progress.task("judge", "calls"):  # the judge's backend counts its calls
@@ -797,6 +809,12 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
             base_score = _pointwise_mean(spec, j, JudgeItem, prompts, base)
             versus = _compare(j, JudgeItem, prompts, cand, other) if other else None
             other_score = _pointwise_mean(spec, j, JudgeItem, prompts, other) if other else None
+            # Before iteration 1 trains on the judge: does it prefer ":" to an answer?
+            probe = (
+                judge_probe.probe(spec, j, JudgeItem, prompts, cand, base)
+                if not iteration
+                else ({}, [])
+            )
         finally:
             j.close()
     c_ok, b_ok = [bool(r["parse_ok"]) for r in cand], [bool(r["parse_ok"]) for r in base]
@@ -852,6 +870,10 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         result["compare"] = _versus_summary(
             spec.evaluation.compare_with, prompts, cand, other, versus, other_score, note, min_n
         )
+    fields, warned = ifeval_guard.evaluate_fields(spec, run, iteration, ifeval, ifeval_rows)
+    result.update(fields, **probe[0])
+    if warned or probe[1]:  # docs/guards.md: tpo.spec.GuardWarning records
+        result["warnings"] = [*result.get("warnings", []), *warned, *probe[1]]
     A.write_json(run.eval_result(iteration), result)
     return result
 
