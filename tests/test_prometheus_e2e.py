@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).parent / "operator"))
 from harness import Cluster, JobController, Operator, manifest, summary, wait_for
 from tpo_operator import metrics
 
-from tpo import podmetrics
-from tpo.spec import PHASE_OF_STEP, PLURAL
+from tpo import guards, podmetrics
+from tpo.spec import PHASE_OF_STEP, PLURAL, Guards
 
 # a hung test is cut here; every wait inside reports its own state well before (harness.WAIT)
 pytestmark = pytest.mark.timeout(400)
@@ -206,6 +206,9 @@ def finished_run(stack: dict[str, Any]) -> dict[str, Any]:
             ctl.crash(job, "CUDA error: out of memory")
             cluster.wait_status(RUN, lambda s: s.get("retries", {}).get("generate") == 1)
         extra = {"categories": CATEGORIES[t]} if phase == "evaluate" else {}
+        if (phase, t) == ("judge", 2):  # a guard warned: the "Guard warnings" panel
+            measures = guards.judge_measures(replies=20, unread=0, pairs=2, prompts=10)
+            extra["warnings"] = [w.model_dump() for w in guards.warn(Guards(), measures)]
         if phase == "evaluate" and t in COMPARE:
             extra["compare"] = COMPARE[t]
         ctl.succeed(job, [summary(phase, t, **extra)])
