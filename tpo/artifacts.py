@@ -106,6 +106,26 @@ class RunDir:
     def eval_outputs(self, iteration: int) -> Path:
         return self.iter_dir(iteration) / "eval-outputs.jsonl"
 
+    def exports_dir(self, iteration: int) -> Path:
+        """M(t)'s evaluation outputs in the field's formats (tpo/exports.py, docs/exports.md)."""
+        return self.iter_dir(iteration) / "exports"
+
+    def export_answers(self, iteration: int, fmt: str, model: str) -> Path:
+        """One model's answers. The file is named after the model because the field's readers
+        (FastChat's and Arena-Hard-Auto's load_model_answers) take the model name from it."""
+        if fmt == "alpaca_eval":
+            return self.exports_dir(iteration) / fmt / f"{model}.json"
+        return self.exports_dir(iteration) / fmt / "model_answer" / f"{model}.jsonl"
+
+    def export_questions(self, iteration: int, fmt: str) -> Path:
+        """The eval prompts as the benchmark's question file (MT-Bench, Arena-Hard-Auto)."""
+        return self.exports_dir(iteration) / fmt / "question.jsonl"
+
+    def export_references(self, iteration: int) -> Path:
+        """dataset.referenceField's answers as MT-Bench's reference answers, named after
+        FastChat's default judge (its check_data looks them up by the judge's name)."""
+        return self.exports_dir(iteration) / "mt_bench" / "reference_answer" / "gpt-4.jsonl"
+
     def done(self, phase: str, iteration: int, shard: int | None = None) -> Path:
         """`prepare` is run-level (iteration 0); sharded phases get one marker per shard."""
         name = f"{phase}.DONE" if shard is None else f"{phase}-{shard}.DONE"
@@ -181,11 +201,12 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]], *, sort_keys: bool = True) -> int:
+    """`sort_keys=False` for readers that depend on key order (Arena-Hard's style features)."""
     n = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            f.write(json.dumps(row, ensure_ascii=False, sort_keys=sort_keys) + "\n")
             n += 1
     return n
 

@@ -3,6 +3,7 @@
     tpo phase NAME --run-dir D --iteration T [--shard I/N]   what every Job and local step runs
     tpo run FILE.yaml [FILE.yaml ...] [--out DIR]            whole TPORuns locally
     tpo render FILE.yaml [--iteration T]                     the Jobs the operator would create
+    tpo export RUN --format F [--iteration T] [--with-thought] M(t)'s outputs for a benchmark
     tpo crd                                                  the CRD generated from the spec
     tpo tiny build --out DIR                                 the offline tiny seed model + data
     tpo tiny build-judge --out DIR                           a tiny pairwise judge for it
@@ -59,6 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--iteration", type=int, default=1)
     r.add_argument("--namespace", default=None)
 
+    from tpo.exports import FORMATS  # stdlib only: the parser stays instant
+
+    ex = sub.add_parser("export", help="print one iteration's eval outputs in a benchmark's format")
+    ex.add_argument("run", help="a run directory (<out>/<namespace>/<run>) or its --out root")
+    ex.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="AlpacaEval model outputs, Arena-Hard-Auto (v2.0 or v0.1) or MT-Bench answers",
+    )
+    ex.add_argument("--iteration", type=int, default=None, help="default: the last evaluated")
+    ex.add_argument("--with-thought", action="store_true", help="the whole generation")
+    ex.add_argument(
+        "--questions", action="store_true", help="the question file instead of the answers"
+    )
+
     sub.add_parser("crd", help="print the CustomResourceDefinition")
 
     tiny = sub.add_parser("tiny", help="the offline tiny example")
@@ -95,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             from tpo.local import main as run_main
 
             return run_main(args)
+        if args.command == "export":
+            from tpo.exports import main as export_main
+
+            return export_main(args)
         if args.command == "render":
             from tpo.render import main as render_main
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tpo import artifacts as A
-from tpo import guards, ifeval_guard, judge_probe, progress
+from tpo import exports, guards, ifeval_guard, judge_probe, progress
 from tpo.artifacts import ArtifactError, RunDir
 from tpo.errors import (
     EXIT_BAD_INPUT,
@@ -175,7 +175,7 @@ def outputs(name: str, spec: TPORunSpec, run: RunDir, t: int, index: int) -> lis
     if name == "train":
         return [run.model(t)]
     ifeval = [ifeval_guard.outputs_path(run, t)] if spec.guards.ifeval_prompts > 0 else []
-    return [run.eval_result(t), run.eval_outputs(t), *ifeval]
+    return [run.eval_result(t), run.eval_outputs(t), run.exports_dir(t), *ifeval]
 
 
 def _start_pod_metrics(run: RunDir, name: str, iteration: int, index: int) -> None:
@@ -840,6 +840,7 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         for r, x, o in zip(rows, other, versus, strict=True):
             r.update(other=x["text"], other_outcome=o)
     A.write_jsonl(run.eval_outputs(iteration), rows)
+    exports.write(spec, run, iteration, prompts, cand, time.time())  # docs/exports.md
     ok = [r for r in cand if r["parse_ok"]]
     result = {
         # The rate is over the n rated prompts (wins + ties + losses); both_failed prompts
