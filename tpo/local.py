@@ -399,7 +399,14 @@ def describe(summary: dict[str, Any]) -> str:
         "generate": ("samples", "parse_failure_rate", "mean_thought_tokens", "tokens_per_second"),
         "judge": ("pairs", "skipped_prompts", "judge_mean_score", "rho"),
         "train": ("steps", "train_loss", "reward_margin", "reward_accuracy"),
-        "evaluate": ("win_rate", "win_rate_low", "win_rate_high", "mean_thought_tokens"),
+        "evaluate": (
+            "win_rate",
+            "win_rate_low",
+            "win_rate_high",
+            "n",  # what the rate is over: wins + ties + losses
+            "both_failed",  # neither side parsed: counted, not rated
+            "mean_thought_tokens",
+        ),
     }[summary["phase"]]
     parts = []
     for k in keys:

@@ -612,6 +612,12 @@ def _succeed(ctx: _Ctx, spec: TPORunSpec) -> None:
     st.message = f"{spec.iterations} iteration(s) done"
     if st.win_rate is not None:
         st.message += f", win rate {st.win_rate:.3f}"
+        last = max((h for h in st.history if h.win_rate is not None), key=lambda h: h.iteration)
+        if last.n is not None:  # what the rate is over, and what it left out
+            st.message += f" over {last.n} rated prompt(s)"
+            st.message += (
+                f" ({last.both_failed} with neither side parsed)" if last.both_failed else ""
+            )
     ctx.lifecycle("Succeeded", "AllIterationsDone", st.message)
     ctx.event("Normal", "Succeeded", st.message)
 

@@ -93,3 +93,32 @@ def test_a_run_without_warnings_says_so():
     cond = _cond(status)
     assert cond is not None and (cond.status, cond.reason) == ("False", "NoWarnings")
     assert not any(k[0] is metrics.GUARD_WARNINGS for k in metrics.run_series("n", "d", status))
+
+
+def test_the_final_message_says_what_the_win_rate_is_over():
+    status, _, _ = drive(warn=False)
+    last = summary("evaluate", 2)
+    assert status.message == (
+        f"2 iteration(s) done, win rate {last['win_rate']:.3f} over {last['n']} rated "
+        f"prompt(s) ({last['both_failed']} with neither side parsed)"
+    )
+
+
+def test_shards_warnings_are_all_kept_and_recording_twice_changes_nothing():
+    from tpo.status import apply_summary, merge_shards, set_quality
+
+    one, two = (
+        summary("generate", 1, shard=i, shards=2, warnings=_warnings("generate")) for i in (0, 1)
+    )
+    two["warnings"][0]["message"] += " (shard 1)"
+    merged = merge_shards([one, two])
+    assert [w["message"] for w in merged["warnings"]] == [
+        one["warnings"][0]["message"],
+        two["warnings"][0]["message"],
+    ]
+    status = set_quality(apply_summary(TPORunStatus(), merged), NOW)
+    again = set_quality(apply_summary(status, merged), NOW)
+    assert again == status and len(status.history[0].warnings) == 2
+    cleared = set_quality(apply_summary(status, {**merged, "warnings": []}), NOW)
+    assert cleared.history[0].warnings == []
+    assert _cond(cleared).status == "False" and _cond(cleared).reason == "NoWarnings"
