@@ -252,3 +252,39 @@ def test_evaluate_reports_ifeval_and_the_probe_and_warns_on_a_drop(tmp_path, tin
     cond = next(c for c in set_quality(status, "now").conditions if c.type == "QualityWarning")
     assert cond.status == "True"
     assert cond.reason == "JudgeProbeRate,IfevalDrop"
+
+
+def test_report_shows_ifeval_per_iteration_and_the_probe():
+    from tinyrun import tiny_spec
+
+    from tpo.report import ifeval_probe_section
+    from tpo.spec import IterationStatus, TPORunStatus, parse_spec
+
+    spec = parse_spec(tiny_spec(Path("m"), Path("d.jsonl")))
+    status = TPORunStatus(
+        history=[
+            IterationStatus(
+                iteration=0,
+                ifeval_strict=0.5,
+                ifeval_loose=0.6,
+                ifeval_prompts=100,
+                judge_probe_rate=0.6,
+                judge_probe_n=20,
+                judge_probe_preferred=12,
+                judge_probe_ties=0,
+                judge_probe_by_key={"colon": 1.0, "echo": 0.0},
+            ),
+            IterationStatus(
+                iteration=1,
+                ifeval_strict=0.3,
+                ifeval_loose=0.4,
+                ifeval_prompts=100,
+                ifeval_strict_drop=0.2,
+            ),
+        ]
+    )
+    text = "\n".join(ifeval_probe_section(status, spec))
+    assert "| 0 | 100 | 0.500 | 0.600 | - |" in text
+    assert "| 1 | 100 | 0.300 | 0.400 | 0.200 |" in text
+    assert "preferred **0.600**" in text and "(12 of 20, 0 ties; by key: colon 1.00" in text
+    assert ifeval_probe_section(TPORunStatus(), spec) == []

@@ -302,6 +302,42 @@ def plot(run: RunDir, status: TPORunStatus, spec: TPORunSpec) -> Path:
     return run.plot
 
 
+def ifeval_probe_section(status: TPORunStatus, spec: TPORunSpec) -> list[str]:
+    """IFEval accuracy per iteration and the judge-hacking probe (docs/guards.md)."""
+    rows = [h for h in status.history if h.ifeval_strict is not None]
+    probe = next((h for h in status.history if h.judge_probe_rate is not None), None)
+    out: list[str] = []
+    if rows:
+        out += [
+            "",
+            "## Instruction following (IFEval)",
+            "",
+            "| iter | prompts | strict | loose | strict drop vs seed |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {h.iteration} | {_n(h.ifeval_prompts)} | {_f(h.ifeval_strict)} "
+                f"| {_f(h.ifeval_loose)} | {_f(h.ifeval_strict_drop)} |"
+                for h in rows
+            ),
+            "",
+            "Prompt-level accuracy by lm-eval's IFEval checkers on the response with the "
+            f"thought stripped; a drop above {spec.guards.warn_ifeval_drop} "
+            "(guards.warnIfevalDrop) warns.",
+        ]
+    if probe is not None:
+        keys = ", ".join(f"{k} {v:.2f}" for k, v in probe.judge_probe_by_key.items())
+        out += [
+            "",
+            "## Judge-hacking probe (before iteration 1)",
+            "",
+            f"The judge preferred **{probe.judge_probe_rate:.3f}** of master-key responses "
+            f"(':', 'Thought process:', ...) to real ones ({_n(probe.judge_probe_preferred)} "
+            f"of {_n(probe.judge_probe_n)}, {_n(probe.judge_probe_ties)} ties; by key: {keys}); "
+            f"above {spec.guards.warn_judge_probe_rate} (guards.warnJudgeProbeRate) warns.",
+        ]
+    return out
+
+
 def write_report(run: RunDir, status: TPORunStatus, spec: TPORunSpec) -> Path:
     plot(run, status, spec)
     last = max(status.history, key=lambda h: h.iteration) if status.history else None
@@ -343,6 +379,7 @@ def write_report(run: RunDir, status: TPORunStatus, spec: TPORunSpec) -> Path:
                 category_table(counted),
             ]
     parts += comparison_section(status, spec)
+    parts += ifeval_probe_section(status, spec)
     budget = spec.generation.thought_budget
     if budget is not None:
         rows = [h for h in status.history if h.within_budget_rate is not None]
