@@ -203,6 +203,71 @@ def test_mt_bench_reference_answers_reach_fastchats_reference_guided_judge(tmp_p
     assert "The answer is 42." in shown[0] and f"{GOOD} answer 2" in shown[0]
 
 
+def test_real_smollm2_outputs_reach_fastchats_judge_thought_stripped(tmp_path, fastchat):
+    """The committed real SmolLM2-135M outputs on MT-Bench's first turns (tests/smollm2.py),
+    split as the evaluate phase splits them: FastChat's judge prompt shows each parsed
+    response whole and none of its thought; a parse failure reaches it as an empty answer."""
+    from smollm2 import arm
+
+    from tpo.spec import GENERIC_SEPARATOR
+    from tpo.thoughts import split_output
+
+    real = [r for r in arm("generic") if r["sample"] == 0]
+    prompts, outputs = [], []
+    for r in real:
+        qid = int(r["id"].removeprefix("mtbench-"))
+        record = {"question_id": qid, "instruction": r["instruction"], "category": r["category"]}
+        prompts.append(
+            {
+                "prompt_id": str(qid),
+                "instruction": r["instruction"],
+                "category": r["category"],
+                "record": record,
+            }
+        )
+        sp = split_output(r["text"], GENERIC_SEPARATOR)
+        outputs.append(
+            {
+                "prompt_id": str(qid),
+                "text": r["text"],
+                "thought": sp.thought,
+                "response": sp.response,
+                "parse_ok": sp.parse_ok,
+                "thought_tokens": len(sp.thought.split()),
+                "response_tokens": len(sp.response.split()),
+            }
+        )
+    assert any(o["parse_ok"] for o in outputs) and not all(o["parse_ok"] for o in outputs)
+    run = RunDir(tmp_path / "smollm2")
+    X.write(_spec(tmp_path), run, 1, prompts, outputs, 1.7e9)
+    model = X.model_name("smollm2", 1)
+    questions = fastchat.load_questions(str(run.export_questions(1, X.MT_BENCH)), None, None)
+    answers = fastchat.load_model_answers(str(run.export_answers(1, X.MT_BENCH, model).parent))
+    assert sorted(answers[model]) == sorted(int(r["id"].removeprefix("mtbench-")) for r in real)
+    judge_prompts = fastchat.load_judge_prompts(
+        str(Path(fastchat.__file__).parent / "data" / "judge_prompts.jsonl")
+    )
+    judge = fastchat.Judge("stand-in", judge_prompts["single-v1"])
+    shown = []
+
+    class Client:
+        def generate(self, messages):
+            shown.append(messages[-1]["content"])
+            return "Rating: [[5]]"
+
+    by_id = {int(o["prompt_id"]): o for o in outputs}
+    for q in questions:
+        match = fastchat.MatchSingle(q, model, answers[model][q["question_id"]], judge)
+        fastchat.play_a_match_single(match, output_file=None, client=Client())
+        o, prompt = by_id[q["question_id"]], shown[-1]
+        answer = prompt.split("[The Start of Assistant's Answer]")[1].split(
+            "[The End of Assistant's Answer]"
+        )[0]
+        assert answer.strip() == (o["response"] if o["parse_ok"] else "")
+        if o["parse_ok"] and o["thought"].strip():
+            assert o["thought"] not in prompt
+
+
 def _alpaca_judge(prompts, **_):
     """Stands in for the judge API alpaca_eval would call: ranks first the output that carries
     the marker (AlpacaEval shuffles which side it calls model_1; identical outputs it ties
