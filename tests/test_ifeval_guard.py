@@ -288,3 +288,33 @@ def test_report_shows_ifeval_per_iteration_and_the_probe():
     assert "| 1 | 100 | 0.300 | 0.400 | 0.200 |" in text
     assert "preferred **0.600**" in text and "(12 of 20, 0 ties; by key: colon 1.00" in text
     assert ifeval_probe_section(TPORunStatus(), spec) == []
+
+
+def test_a_worker_without_lm_eval_is_told_which_field_turns_the_guard_off(monkeypatch):
+    from tinyrun import tiny_spec
+
+    from tpo.errors import BadInput
+    from tpo.spec import parse_spec
+
+    def missing():
+        raise ModuleNotFoundError("No module named 'lm_eval'")
+
+    monkeypatch.setattr(G, "checkers", missing)
+    prompts = [{"prompt_id": "a", "instruction": "x"}]
+    spec = parse_spec(tiny_spec(Path("m"), Path("d.jsonl")))
+    with pytest.raises(BadInput, match=r"guards.ifevalPrompts 100: .*No module named 'lm_eval'"):
+        G.records(spec, prompts)
+    off = parse_spec(tiny_spec(Path("m"), Path("d.jsonl"), guards={"ifevalPrompts": 0}))
+    assert G.records(off, prompts) == []
+
+
+def test_an_unwritable_cache_falls_back_to_a_private_temp_dir(tmp_path):
+    """A cache path that cannot be made (here its parent is a file: even root cannot) gives a
+    private temp dir instead of a failed evaluate."""
+    import nltk
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    root = G.ensure_punkt_tab(blocker / "nltk")
+    assert root != blocker / "nltk" and str(root) in nltk.data.path
+    assert (root / "tokenizers" / "punkt_tab" / "english" / "ortho_context.tab").is_file()

@@ -104,7 +104,12 @@ def ensure_punkt_tab(root: Path | None = None) -> Path:
     root = root or nltk_data_dir()
     english = root / "tokenizers" / "punkt_tab" / "english"
     if not (english / "ortho_context.tab").exists():
-        english.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            english.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only cache: a private temp dir (the tables are 240 kB)
+            root = Path(tempfile.mkdtemp(prefix="tpo-nltk-data-"))
+            english = root / "tokenizers" / "punkt_tab" / "english"
+            english.parent.mkdir(parents=True)
         params = punkt.load_model("english")
         enc = TabEncoder()
         tables = {
@@ -281,7 +286,7 @@ def records(spec: Any, prompts: Sequence[dict]) -> list[dict]:
         return []
     try:
         return attach(prompts, n, spec.dataset.seed)
-    except ImportError as e:
+    except (ImportError, DownloadRefused) as e:
         from tpo.errors import BadInput
 
         raise BadInput(
