@@ -261,9 +261,16 @@ def test_reward_model_missing_path_is_bad_input(tmp_path):
 
 
 def test_pairwise_judge_on_vllm(tiny_lm):
-    """An untrained judge writes no verdict: every battle is unparsed and counted, no score."""
-    spec = Judge(type="pairwise", pairwise={"path": str(tiny_lm), "maxTokens": 16})
-    j = load_judge(spec, engine=Generation(enforce_eager=True))
+    """An untrained judge writes no verdict: every battle is unparsed and counted, no score.
+    The engine runs with the judge's settings: the policy's dtype (vLLM's "auto" would run
+    this float32 checkpoint in bfloat16), its maxModelLen and its KV cache (kvCacheGiB)."""
+    engine = {"maxModelLen": 768, "kvCacheGiB": 0.25}  # its prompts: up to 686 tokens
+    spec = Judge(type="pairwise", pairwise={"path": str(tiny_lm), "maxTokens": 16, **engine})
+    j = load_judge(spec, engine=Generation(enforce_eager=True), policy_dtype="float32")
+    vllm_config = j.generator.llm.llm_engine.vllm_config
+    assert str(vllm_config.model_config.dtype) == "torch.float32"
+    assert vllm_config.model_config.max_model_len == 768  # the model's own: 1024
+    assert vllm_config.cache_config.kv_cache_memory_bytes == 1 << 28
     sent: list[str] = []
     real = j.generator.generate
 

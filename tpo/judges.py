@@ -274,7 +274,7 @@ def reward_text(tokenizer: Any, item: JudgeItem) -> str:
 class RewardModelJudge(PointwiseJudge):
     """A sequence classifier with one output (ArmoRM-style): one load per phase, batched."""
 
-    def __init__(self, cfg: S.RewardModelJudge):
+    def __init__(self, cfg: S.RewardModelJudge, policy_dtype: str = "auto"):
         super().__init__()
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -285,7 +285,10 @@ class RewardModelJudge(PointwiseJudge):
         self.tokenizer = AutoTokenizer.from_pretrained(loc, **remote)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(loc, dtype="auto", **remote)
+        dtype = judge_dtype(cfg, policy_dtype)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            loc, dtype=dtype if dtype == "auto" else getattr(torch, dtype), **remote
+        )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
@@ -461,6 +464,24 @@ def elo_scores(items: Sequence[JudgeItem], battles: Sequence[dict]) -> list[floa
 # --------------------------------------------------------------------------- local vLLM judge
 
 
+def judge_dtype(cfg: S.PairwiseJudge | S.RewardModelJudge, policy_dtype: str) -> str:
+    """The judge's own dtype, else the policy's (spec.model.dtype)."""
+    return cfg.dtype or policy_dtype
+
+
+def judge_engine(
+    cfg: S.PairwiseJudge, engine: S.Generation | None, policy_dtype: str
+) -> tuple[S.Generation, str]:
+    """(engine settings, dtype) of the local vLLM judge. Pod-level settings (tensor parallel,
+    eager, memory share) come from the run's `engine` (the judge shares the pod's devices);
+    the context length is the judge's maxModelLen, else the judge model's own (never the
+    policy's: a judge prompt holds two responses); the seed is fixed (calls seed themselves).
+    The KV cache is `cfg.kv_cache_bytes`, passed beside these to tpo.generate."""
+    e = engine or S.Generation()
+    update = {"backend": "vllm", "max_model_len": cfg.max_model_len, "seed": 0}
+    return e.model_copy(update=update), judge_dtype(cfg, policy_dtype)
+
+
 class VllmPairwiseJudge:
     """The pairwise judge on a local vLLM engine (greedy verdicts unless `temperature`)."""
 
@@ -470,9 +491,10 @@ class VllmPairwiseJudge:
         generator: Any | None = None,
         engine: S.Generation | None = None,
         reference_field: str | None = None,
+        policy_dtype: str = "auto",
     ):
         self.cfg = cfg
-        self.generator = generator or self._load(cfg, engine)
+        self.generator = generator or self._load(cfg, engine, policy_dtype)
         self.core = PairwiseCore(
             self._complete,
             template=cfg.template,
@@ -484,15 +506,12 @@ class VllmPairwiseJudge:
         self._sent = 0  # prompts sent so far: the next batch's seed, so no draw repeats
 
     @staticmethod
-    def _load(cfg: S.PairwiseJudge, engine: S.Generation | None) -> Any:
-        """Pod-level engine settings (tensor parallel, eager, memory share) from `engine`;
-        the context length is the judge model's own."""
+    def _load(cfg: S.PairwiseJudge, engine: S.Generation | None, policy_dtype: str) -> Any:
         from tpo.generate import load_generator
 
         loc = model_location(cfg, "spec.judge.pairwise")
-        e = engine or S.Generation()
-        settings = e.model_copy(update={"backend": "vllm", "max_model_len": None, "seed": 0})
-        return load_generator(loc, settings)
+        settings, dtype = judge_engine(cfg, engine, policy_dtype)
+        return load_generator(loc, settings, dtype=dtype, kv_cache_bytes=cfg.kv_cache_bytes)
 
     @property
     def battles(self) -> list[dict]:
@@ -722,15 +741,22 @@ def load_judge(
     env: Mapping[str, str] = os.environ,
     engine: S.Generation | None = None,
     reference_field: str | None = None,
+    policy_dtype: str = "auto",
 ) -> Judge:
     """`engine`: the run's generation settings, for a local vLLM judge's pod-level options;
-    `reference_field`: dataset.referenceField, which pairwise judges show as the reference."""
+    `reference_field`: dataset.referenceField, which pairwise judges show as the reference;
+    `policy_dtype`: spec.model.dtype, a local judge's dtype unless its block sets one."""
     if judge.type == "rewardModel":
         assert judge.reward_model is not None
-        return RewardModelJudge(judge.reward_model)
+        return RewardModelJudge(judge.reward_model, policy_dtype)
     if judge.type == "pairwise":
         assert judge.pairwise is not None
-        return VllmPairwiseJudge(judge.pairwise, engine=engine, reference_field=reference_field)
+        return VllmPairwiseJudge(
+            judge.pairwise,
+            engine=engine,
+            reference_field=reference_field,
+            policy_dtype=policy_dtype,
+        )
     if judge.type == "endpoint":
         cfg = judge.endpoint
         assert cfg is not None

@@ -530,7 +530,12 @@ def judge(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int)
         ]
         for pid in mine
     ]
-    j = load_judge(spec.judge, engine=spec.generation, reference_field=spec.dataset.reference_field)
+    j = load_judge(
+        spec.judge,
+        engine=spec.generation,
+        reference_field=spec.dataset.reference_field,
+        policy_dtype=spec.model.dtype,
+    )
     try:
         with progress.task("judge", "calls"):  # the judge's backend counts its calls
             raw = j.score_groups(items)
@@ -801,7 +806,12 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
     with progress.task("outputs", "samples"):  # the engine counts every arm's outputs
         cand, base, other, note, ifeval_rows = _eval_arms(spec, run, iteration, prompts, ifeval)
     min_n = spec.evaluation.min_category_prompts
-    j = load_judge(spec.judge, engine=spec.generation, reference_field=spec.dataset.reference_field)
+    j = load_judge(
+        spec.judge,
+        engine=spec.generation,
+        reference_field=spec.dataset.reference_field,
+        policy_dtype=spec.model.dtype,
+    )
     with progress.task("judge", "calls"):  # the judge's backend counts its calls
         try:
             outcomes = _compare(j, JudgeItem, prompts, cand, base)

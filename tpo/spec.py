@@ -106,10 +106,11 @@ class ModelRef(Model):
         return self.path or self.hub_id or ""
 
 
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
 class SeedModel(ModelRef):
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="Weights dtype for generation and training."
-    )
+    dtype: Dtype = Field("auto", description="Weights dtype for generation and training.")
 
 
 # --------------------------------------------------------------------------- data
@@ -255,7 +256,13 @@ class LengthControl(Model):
     )
 
 
+# A judge's dtype follows the policy's unless set: a float32 policy judged by a bfloat16 judge
+# of the same model scores other numbers than the policy computes (issue 16).
+_JUDGE_DTYPE = "Weights dtype of the judge model (default: model.dtype, the policy's)."
+
+
 class RewardModelJudge(ModelRef):
+    dtype: Dtype | None = Field(None, description=_JUDGE_DTYPE)
     batch_size: int = Field(16, ge=1, description="Responses per forward pass.")
     max_length: int = Field(4096, ge=16, description="Truncation length in tokens.")
     trust_remote_code: bool = Field(
@@ -301,6 +308,35 @@ class PairwiseJudge(ModelRef, Pairing):
         "{reference} with dataset.referenceField); default built in.",
     )
     max_tokens: int = Field(512, ge=1, description="Max tokens of the judge's verdict.")
+    dtype: Dtype | None = Field(None, description=_JUDGE_DTYPE)
+    max_model_len: int | None = Field(
+        None,
+        ge=16,
+        description="vLLM context length of the judge (default: the model's own, which a "
+        "small CPU KV cache may not hold); longer judge prompts get no verdict.",
+    )
+    kv_cache_gib: float | None = Field(
+        None,
+        alias="kvCacheGiB",
+        gt=0,
+        le=16384,
+        description="vLLM KV-cache size of the judge in GiB (default on CPU: "
+        "VLLM_CPU_KVCACHE_SPACE, else 0.5; on GPU: sized by generation.gpuMemoryUtilization); "
+        "when set it wins over both.",
+    )
+
+    @model_validator(mode="after")
+    def _context(self) -> PairwiseJudge:
+        if self.max_model_len is not None and self.max_model_len <= self.max_tokens:
+            raise ValueError(
+                f"maxModelLen ({self.max_model_len}) must exceed maxTokens ({self.max_tokens}): "
+                "the judge prompt needs room too"
+            )
+        return self
+
+    @property
+    def kv_cache_bytes(self) -> int | None:
+        return None if self.kv_cache_gib is None else int(self.kv_cache_gib * (1 << 30))
 
 
 class EndpointJudge(Pairing):
