@@ -127,7 +127,7 @@ def test_round_trip_through_wire_form():
             "needs the 'endpoint' block",
         ),
         ({"model": {}}, "spec.model", "exactly one of 'path' or 'hubId'"),
-        ({"dataset": {}}, "spec.dataset.path", "required field is missing"),
+        ({"dataset": {}}, "spec.dataset", "set exactly one of 'path' or 'hub'"),
         ({"evaluation": {"baseline": "model"}}, "spec.evaluation", "baselineModel"),
         (
             {"training": {"lossType": ["sigmoid", "sft"], "lossWeights": [1.0]}},

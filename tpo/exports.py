@@ -97,9 +97,12 @@ def question_id(prompt: dict[str, Any], id_field: str | None) -> int | str:
 
 def dataset_name(spec: TPORunSpec, prompt: dict[str, Any]) -> str:
     """AlpacaEval's `dataset`: the record's own `dataset` field (AlpacaEval's eval set has one),
-    else the dataset file's name without its extension."""
+    else the dataset file's name without its extension (a hub dataset's name)."""
     own = (prompt.get("record") or {}).get("dataset")
-    return own if isinstance(own, str) and own else Path(spec.dataset.path).stem
+    if isinstance(own, str) and own:
+        return own
+    ds = spec.dataset
+    return Path(ds.path).stem if ds.path else ds.hub.id.rsplit("/", 1)[-1] if ds.hub else ""
 
 
 def answers(spec: TPORunSpec, prompts: Sequence[dict], outputs: Sequence[dict]) -> list[Answer]:

@@ -188,11 +188,14 @@ def pairwise_prompt(
 
 
 def reference_of(item: JudgeItem, field_name: str | None) -> str | None:
-    """The record's reference answer (prepare checked that every line has one)."""
+    """The record's reference answer (prepare checked that every row has one); the field is
+    a dotted path, as everywhere in spec.dataset (tpo.datasets_io.get_path)."""
+    from tpo.datasets_io import MISSING, get_path
+
     if not field_name:
         return None
-    value = item.record.get(field_name)
-    if value is None:
+    value = get_path(item.record, field_name)
+    if value is None or value is MISSING:
         raise BadInput(
             f"dataset.referenceField {field_name!r}: missing in the record of {item.instruction!r}"
         )

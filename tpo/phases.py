@@ -306,37 +306,14 @@ def _rnd(x: float | None, nd: int = 4) -> float | None:
 
 
 def prepare(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
+    from tpo.datasets_io import prompt_records, source_name
+
     ds = spec.dataset
-    path = Path(ds.path)
-    if not path.exists():
-        raise BadInput(f"spec.dataset.path: {path}: no such file")
-    records, seen = [], set()
-    for lineno, obj in _numbered(path):
-        text = obj.get(ds.instruction_field)
-        if not isinstance(text, str) or not text.strip():
-            raise BadInput(
-                f"{path}:{lineno}: field {ds.instruction_field!r} must be a non-empty string"
-            )
-        if text in seen:
-            continue
-        seen.add(text)
-        pid = str(obj.get(ds.id_field)) if ds.id_field and ds.id_field in obj else f"L{lineno}"
-        category = obj.get(ds.category_field) if ds.category_field else None
-        if ds.reference_field:
-            ref = obj.get(ds.reference_field)
-            if isinstance(ref, bool) or not isinstance(ref, (str, int, float)) or not str(ref):
-                raise BadInput(
-                    f"{path}:{lineno}: field {ds.reference_field!r} (dataset.referenceField) "
-                    f"must be a non-empty string or number, got {ref!r}"
-                )
-        records.append({"prompt_id": pid, "instruction": text, "category": category, "record": obj})
-    ids = [r["prompt_id"] for r in records]
-    if len(set(ids)) != len(ids):
-        raise BadInput(f"{path}: field {ds.id_field!r} has duplicate ids")
+    records = prompt_records(ds)  # files, directories, hub ids: tpo/datasets_io.py
     need = ds.eval_prompts + spec.iterations * ds.prompts_per_iteration
     if len(records) < need:
         raise BadInput(
-            f"{path}: {len(records)} distinct instructions, need {need} "
+            f"{source_name(ds)}: {len(records)} distinct instructions, need {need} "
             f"(evalPrompts {ds.eval_prompts} + iterations {spec.iterations} x "
             f"promptsPerIteration {ds.prompts_per_iteration})"
         )
@@ -351,11 +328,6 @@ def prepare(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: in
         "iterations": spec.iterations,
         "dataset_size": len(records),
     }
-
-
-def _numbered(path: Path):
-    """(line number, object) for a user dataset; errors name file and line."""
-    return A.iter_jsonl_numbered(path, final_newline=False)
 
 
 # --------------------------------------------------------------------------- generate

@@ -116,12 +116,58 @@ class SeedModel(ModelRef):
 # --------------------------------------------------------------------------- data
 
 
-class Dataset(Model):
-    """Instructions, one JSON object per line. Prompts are never reused across iterations."""
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
-    path: str = Field(description="JSONL file of instructions.")
-    instruction_field: str = Field("instruction", description="Field with the instruction text.")
-    id_field: str | None = Field(None, description="Field with a stable id (default: line number).")
+
+class HubDataset(Model):
+    """A dataset on the Hugging Face Hub, read by `datasets.load_dataset` in the prepare phase
+    (docs/datasets.md); the prepare pod needs the hub (or a warm cache) for it."""
+
+    id: str = Field(description="Hub dataset id, e.g. HuggingFaceH4/ultrafeedback_binarized.")
+    revision: str | None = Field(None, description="Commit, branch or tag (default: main).")
+    config: str | None = Field(None, description="Configuration (subset) name.")
+    split: str = Field("train", min_length=1, description="Split to read.")
+    token_secret: SecretKeyRef | None = Field(
+        None,
+        description="Secret holding a hub token (gated or private datasets), given to the "
+        "prepare pod only, as TPO_DATASET_TOKEN; never logged.",
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _HUB_ID.match(v):
+            raise ValueError(f"{v!r} is not a hub dataset id like 'org/name'")
+        return v
+
+
+class Dataset(Model):
+    """Where the instructions come from: a local file or directory (`path`) or a hub dataset
+    (`hub`), one instruction per row (docs/datasets.md). Field names are dotted paths into a
+    row (`conversation.0.content`). Prompts are never reused across iterations."""
+
+    path: str | None = Field(
+        None,
+        description="Local instructions: a JSONL, JSON, Parquet or CSV file, or a directory "
+        "laid out like a hub dataset repository (its train split).",
+    )
+    format: Literal["jsonl", "json", "parquet", "csv"] | None = Field(
+        None, description="Format of the file at path (default: from its extension)."
+    )
+    hub: HubDataset | None = Field(None, description="A Hugging Face Hub dataset instead.")
+    instruction_field: str = Field(
+        "instruction", min_length=1, description="Field with the instruction text."
+    )
+    messages_field: str | None = Field(
+        None,
+        min_length=1,
+        description="Field with chat-format messages ([{role, content}]): the FIRST user "
+        "turn's content is the instruction, the other turns are not used (replaces "
+        "instructionField).",
+    )
+    id_field: str | None = Field(
+        None, description="Field with a stable id (default: line or row number)."
+    )
     category_field: str | None = Field(
         None, description="Field with the instruction's category (per-category win rates)."
     )
@@ -130,6 +176,20 @@ class Dataset(Model):
         description="Field with a reference answer, shown to pairwise judges (MT-Bench's "
         "reference-guided judging, for math, reasoning and code); never shown to the policy.",
     )
+
+    @model_validator(mode="after")
+    def _source(self) -> Dataset:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("set exactly one of 'path' or 'hub'")
+        if self.format and self.hub is not None:
+            raise ValueError("'format' is for a local 'path'; a hub dataset has its own")
+        if self.messages_field and self.instruction_field != "instruction":
+            raise ValueError(
+                "set one of 'instructionField' or 'messagesField': the instruction is the "
+                "first user turn of messagesField"
+            )
+        return self
+
     prompts_per_iteration: int = Field(
         5000, ge=1, description="New instructions per iteration (paper: 5,000)."
     )

@@ -12,6 +12,7 @@ import json
 import shlex
 from typing import Any
 
+from tpo.datasets_io import DATASET_TOKEN_ENV
 from tpo.errors import EXIT_BAD_INPUT, EXIT_UPSTREAM_DAMAGED
 from tpo.spec import Pool, TPORunSpec
 
@@ -151,10 +152,13 @@ def _env(
     ]
     if shards > 1:
         env.append({"name": "TPO_SHARDS", "value": str(shards)})
-    if spec.model.path:
+    hub_data = spec.dataset.hub if phase == "prepare" else None  # only prepare reads it
+    if spec.model.path and hub_data is None:
         env += [{"name": n, "value": "1"} for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")]
     if spec.model.token_secret_ref:
         env.append(_secret_env("HF_TOKEN", spec.model.token_secret_ref))
+    if hub_data is not None and hub_data.token_secret is not None:
+        env.append(_secret_env(DATASET_TOKEN_ENV, hub_data.token_secret))
     endpoint = spec.judge.endpoint
     if endpoint and endpoint.api_key_secret_ref and phase in ("judge", "evaluate"):
         env.append(_secret_env("TPO_JUDGE_API_KEY", endpoint.api_key_secret_ref))
