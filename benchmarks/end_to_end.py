@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                 "type": "rewardModel",
                 "rewardModel": {"path": str(models["rm"]), "batchSize": 32, "maxLength": 512},
             },
+            # its greedy outputs are blank lines and its thoughts rarely split: greedy, or
+            # against the seed with the same prompt, no eval prompt would be left to rate
+            # (neither side parsed) and evaluate would stop; sampled, the direct seed answers
+            evaluation={"baseline": "direct", "temperature": 0.8},
         )
         # the spec file only (the prepare phase itself is timed below)
         run.mkdir(parents=True)

@@ -178,7 +178,7 @@ def test_one_iteration_of_phases_and_done_skip(prepared):
     e = json.loads(phase(run.path, "evaluate", 1).stdout.strip().splitlines()[-1])
     assert e["n"] == 4 and 0.0 <= e["win_rate_low"] <= e["win_rate"] <= e["win_rate_high"] <= 1
     assert e["wins"] + e["ties"] + e["losses"] == e["n"]
-    assert run.baseline_outputs("seed-custom").exists()
+    assert run.baseline_outputs("seed-none").exists()  # evaluation.baseline: direct
 
 
 def test_judge_refuses_missing_generate_shard(tmp_path, tiny_lm):

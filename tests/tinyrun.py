@@ -26,6 +26,11 @@ def tiny_spec(model: Path, dataset: Path, **over) -> dict:
             "keepTruncated": True,  # the untrained test model never stops within maxTokens
         },
         "judge": {"type": "programmatic", "programmatic": {"function": "judge_fixtures:by_length"}},
+        # The untrained model's greedy outputs are blank lines, and its thoughts rarely hold the
+        # separator: greedy, or against the seed with the same prompt, every eval prompt would
+        # have neither side parsed, which is no tie (tpo.evaluate.tally) and fails evaluate.
+        # Sampled, the direct seed always answers something to rate against.
+        "evaluation": {"baseline": "direct", "temperature": 0.8},
         "training": {
             "learningRate": 1e-4,
             "epochs": 1,
