@@ -369,3 +369,10 @@ def test_exports_name_a_hub_dataset_by_its_repository_name():
 
     spec = parse_spec(spec_dict({"hub": {"id": "tatsu-lab/alpaca_eval"}}))
     assert dataset_name(spec, {"record": {}}) == "alpaca_eval"
+
+
+def test_exports_read_a_dotted_id_field_as_the_questions_own_id():
+    from tpo.exports import question_id
+
+    prompt = {"prompt_id": "R0", "record": {"meta": {"qid": 81}}}
+    assert question_id(prompt, "meta.qid") == 81

@@ -22,11 +22,13 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tpo import artifacts as A
 from tpo.errors import BadInput
-from tpo.spec import Dataset, HubDataset
+
+if TYPE_CHECKING:  # light to import (tpo.exports, the operator's jobs.py): no pydantic
+    from tpo.spec import Dataset, HubDataset
 
 # The prepare pod's env var for spec.dataset.hub.tokenSecret (operator/tpo_operator/jobs.py).
 DATASET_TOKEN_ENV = "TPO_DATASET_TOKEN"

@@ -89,7 +89,9 @@ def question_id(prompt: dict[str, Any], id_field: str | None) -> int | str:
     """The dataset's own id when it carries one (MT-Bench's ints stay ints, so FastChat finds
     the answer to its question 81 under 81), else our prompt id."""
     if id_field:
-        value = (prompt.get("record") or {}).get(id_field)
+        from tpo.datasets_io import get_path  # lazily: it imports the spec (pydantic)
+
+        value = get_path(prompt.get("record") or {}, id_field)  # a dotted path (datasets.md)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return str(prompt["prompt_id"])
