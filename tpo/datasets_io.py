@@ -221,7 +221,8 @@ def _load_hub(hub: HubDataset, env: Mapping[str, str]) -> Any:
         if datasets.config.HF_HUB_OFFLINE:
             raise BadInput(
                 f"{name}: offline mode (HF_HUB_OFFLINE=1) and no cached copy; let the prepare "
-                "phase reach the hub (unset HF_HUB_OFFLINE) or use a local path"
+                "phase reach the hub (HF_HUB_OFFLINE=0; `tpo run` sets 1 unless told) or use a "
+                "local path"
             ) from None
         raise ConnectionError(f"{name}: hub unreachable: {scrub(e)}") from None
     except ValueError as e:  # unknown split or config: the library lists the valid ones
