@@ -94,18 +94,36 @@ def shard_from_env() -> tuple[int, int] | None:
 
 
 def compact(summary: dict[str, Any]) -> str:
-    """The summary as one line that fits a termination message (4096 bytes)."""
-    text = json.dumps(summary, sort_keys=True, separators=(",", ":"))
-    if len(text.encode()) > TERMINATION_LIMIT and "categories" in summary:
-        trimmed = {**summary, "categories": summary["categories"][:8]}
-        if isinstance(summary.get("compare"), dict):
-            cmp = summary["compare"]
-            trimmed["compare"] = {**cmp, "categories": (cmp.get("categories") or [])[:8]}
-        text = json.dumps(trimmed, sort_keys=True, separators=(",", ":"))
-    if len(text.encode()) > TERMINATION_LIMIT:
-        slim = {k: v for k, v in summary.items() if not isinstance(v, list | dict)}
-        text = json.dumps(slim, sort_keys=True, separators=(",", ":"))
-    return text
+    """The summary as one line that fits a termination message (4096 bytes).
+
+    Trimmed in steps, what the status needs least first: categories past 8 (both head to
+    heads), the comparison's categories, the categories, then every other list or dict but the
+    guard warnings (the operator's QualityWarning condition and Events read them), and only
+    then those. The phase's own files (eval.json) keep everything."""
+    cmp = summary.get("compare")
+
+    def with_categories(n: int | None, compare_n: int | None) -> dict[str, Any]:
+        out = dict(summary)
+        if "categories" in out:
+            out["categories"] = out["categories"][:n] if n is not None else []
+        if isinstance(cmp, dict):
+            cats = cmp.get("categories") or []
+            out["compare"] = {**cmp, "categories": cats[:compare_n] if compare_n else []}
+        return out
+
+    candidates = [
+        summary,
+        with_categories(8, 8),
+        with_categories(8, None),
+        with_categories(None, None),
+        {k: v for k, v in summary.items() if not isinstance(v, list | dict) or k == "warnings"},
+    ]
+    for candidate in candidates:
+        text = json.dumps(candidate, sort_keys=True, separators=(",", ":"))
+        if len(text.encode()) <= TERMINATION_LIMIT:
+            return text
+    slim = {k: v for k, v in summary.items() if not isinstance(v, list | dict)}
+    return json.dumps(slim, sort_keys=True, separators=(",", ":"))
 
 
 def emit(summary: dict[str, Any]) -> None:

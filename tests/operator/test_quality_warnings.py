@@ -122,3 +122,25 @@ def test_shards_warnings_are_all_kept_and_recording_twice_changes_nothing():
     cleared = set_quality(apply_summary(status, {**merged, "warnings": []}), NOW)
     assert cleared.history[0].warnings == []
     assert _cond(cleared).status == "False" and _cond(cleared).reason == "NoWarnings"
+
+
+def test_a_summary_too_big_for_the_termination_message_keeps_its_warnings():
+    """The operator reads summaries from 4096-byte termination messages: trimming one drops
+    categories before the guard warnings the QualityWarning condition is made from."""
+    import json
+
+    from tpo.phases import TERMINATION_LIMIT, compact
+
+    cat = {"category": "c" * 200, "n": 30, "winRate": 0.5, "prompts": 32, "wins": 10}
+    big = summary(
+        "evaluate",
+        1,
+        categories=[{**cat, "category": f"{i:03}" * 66} for i in range(30)],
+        compare={"run": "twin", "win_rate": 0.5, "categories": [cat] * 30},
+        warnings=_warnings("generate") + _warnings("judge"),
+    )
+    line = compact(big)
+    assert len(line.encode()) <= TERMINATION_LIMIT
+    got = json.loads(line)
+    assert got["warnings"] == big["warnings"] and got["win_rate"] == big["win_rate"]
+    assert 0 < len(got["categories"]) <= 8  # trimmed, not dropped, while that fits
