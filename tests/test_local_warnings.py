@@ -67,3 +67,10 @@ def test_tpo_run_prints_each_warning_and_sets_the_condition(tmp_path, monkeypatc
     assert [w["guard"] for w in h1["warnings"]] == ["warnParseFailureRate"]
     assert (h1["n"], h1["bothFailed"], h1["evalPrompts"]) == (5, 1, 6)
     assert A.read_done(run.done("generate", 1, 0))["warnings"][0]["rate"] == 0.6
+    # and report.md lists them, as printed
+    from tpo.report import write_report
+    from tpo.spec import TPORunStatus
+
+    report = write_report(run, TPORunStatus.model_validate(status), spec).read_text()
+    assert f"## Guard warnings\n\n- {printed[0]}\n" in report
+    assert "| 3 / 0 / 2 / 1 |" in report  # wins / ties / losses / both failed
