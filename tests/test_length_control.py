@@ -59,9 +59,9 @@ def test_length_independent_outcomes_give_lc_equal_to_raw_within_interval():
 def test_identical_lengths_make_the_length_term_drop_out():
     y = [1.0, 0.0, 1.0, 0.5, 1.0, 0.0, 1.0, 1.0]
     lc = lc_win_rate(y, [0] * len(y))
-    assert lc.rate == pytest.approx(win_rate(y).rate)
+    raw = win_rate(y)
+    assert (lc.rate, lc.low, lc.high) == pytest.approx((raw.rate, raw.low, raw.high))
     assert lc.length_weight is None and lc.note == NOTE_NO_SPREAD
-    assert lc.low <= lc.rate <= lc.high
 
 
 def test_constant_nonzero_difference_cannot_be_told_from_the_model_term():
@@ -86,9 +86,12 @@ def test_shorter_winner_keeps_its_win_and_gains_from_the_control():
     assert lc.rate == pytest.approx(1.0 / (1.0 + math.exp(-1.5)), abs=0.07)
 
 
-def test_all_wins_is_lc_one_without_a_fit():
+def test_all_wins_is_lc_one_without_a_fit_and_the_raw_interval():
+    # Every resample of 12 wins is 12 wins: a bootstrap band would be [1, 1], claiming
+    # certainty from 12 prompts. LC is the raw rate here, so it takes the raw rate's interval.
     lc = lc_win_rate([1.0] * 12, list(range(12)))
-    assert (lc.rate, lc.low, lc.high) == (1.0, 1.0, 1.0)
+    assert (lc.rate, lc.high) == (1.0, 1.0)
+    assert lc.low == pytest.approx(win_rate([1.0] * 12).low) and lc.low < 0.8
     assert lc.note == NOTE_CONSTANT and lc.model_term is None
 
 

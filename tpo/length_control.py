@@ -25,6 +25,8 @@ Degenerate inputs, each a stated result rather than a crash or a NaN (`note` say
 - fewer than 2 prompts with a length difference, or all differences equal (sd 0, e.g. equal
   lengths throughout): the length term cannot be told from the model term and drops out,
   LC = raw;
+  in both cases LC is the raw rate by rule and its interval is the raw rate's (Wilson), not a
+  bootstrap's (which would be [0, 0] for all losses);
 - a perfect split by length (every longer answer wins, every shorter loses): the penalty keeps
   phi finite; LC is the penalized fit's sigmoid(theta), and the bootstrap interval is wide.
 A prompt decided without the judge (a side failed to parse, the rule scored it) has no length
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +164,13 @@ def lc_win_rate(
     model = _model()
     with threadpool_limits(limits=1):
         rate, phi, theta, note = _fit(y, d, judged, model)
+        if note in (NOTE_CONSTANT, NOTE_NO_SPREAD):
+            # LC is the raw rate by rule, so its uncertainty is the raw rate's: resampling an
+            # all-loss set gives all losses, a [0, 0] band that would claim certainty.
+            from tpo.evaluate import win_rate
+
+            wr = win_rate(list(y), confidence)
+            return LengthControlled(rate, wr.low, wr.high, rate, len(y), None, None, note)
         rng = np.random.default_rng(seed)
         n = len(y)
         boot = np.empty(draws)
@@ -180,3 +189,69 @@ def lc_win_rate(
         model_term=theta,
         note=note,
     )
+
+
+# --------------------------------------------------------------------------- evaluate's fields
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+def fields(lc: LengthControlled) -> dict[str, Any]:
+    """The record fields of one rate, named as the status and the metrics name them."""
+    out: dict[str, Any] = {
+        "lc_win_rate": _r(lc.rate),
+        "lc_win_rate_low": _r(lc.low),
+        "lc_win_rate_high": _r(lc.high),
+        "lc_length_weight": _r(lc.length_weight),
+    }
+    if lc.note:
+        out["lc_note"] = lc.note
+    return out
+
+
+def evaluate_fields(
+    outcomes: Sequence[float | None],
+    candidate: Sequence[dict[str, Any]],
+    baseline: Sequence[dict[str, Any]],
+    categories: Sequence[str | None],
+    rated_categories: Iterable[str],
+    *,
+    seed: int = 0,
+    draws: int = DRAWS,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """LC fields for the evaluate phase: (overall, {category: fields}).
+
+    Over exactly the prompts the raw rate is over (tpo.evaluate.outcome_of: both-failed and
+    no-verdict prompts are left out). `candidate`/`baseline` are the arms' eval rows (`response`
+    with the thought stripped, `parse_ok`); a prompt one side failed to parse was decided by
+    rule, not by the judge, and enters with no length difference. Only the categories in
+    `rated_categories` (those given a raw rate, i.e. at least evaluation.minCategoryPrompts
+    rated prompts) get an LC rate. Nothing rated at all gives ({}, {}).
+    """
+    from tpo.evaluate import UNCATEGORIZED, outcome_of
+
+    credit: list[float] = []
+    diffs: list[float | None] = []
+    cats: list[str] = []
+    for o, c, b, cat in zip(outcomes, candidate, baseline, categories, strict=True):
+        x = outcome_of(bool(c["parse_ok"]), bool(b["parse_ok"]), o)
+        if x is None:
+            continue
+        credit.append(x)
+        judged = bool(c["parse_ok"]) and bool(b["parse_ok"])
+        diffs.append(length_difference(c.get("response"), b.get("response")) if judged else None)
+        cats.append(UNCATEGORIZED if cat is None else str(cat))
+    if not credit:
+        return {}, {}
+    overall = fields(lc_win_rate(credit, diffs, seed=seed, draws=draws))
+    per_cat: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(rated_categories)):
+        idx = [i for i, c in enumerate(cats) if c == name]
+        if idx:
+            lc = lc_win_rate(
+                [credit[i] for i in idx], [diffs[i] for i in idx], seed=seed, draws=draws
+            )
+            per_cat[name] = fields(lc)
+    return overall, per_cat
