@@ -13,6 +13,15 @@ def by_length(instruction: str, response: str, record: dict) -> float:
     return float(len(response) % 7)
 
 
+def longer(instruction: str, response: str, record: dict) -> float:
+    """A judge with nothing but a length bias (tests/test_length_control_eval.py): the longer
+    response wins unless the two are within a few characters, where a fixed per-text jitter
+    (crc32, so the same text always scores the same) decides."""
+    import zlib
+
+    return float(len(response) + zlib.crc32(response.encode()) % 12)
+
+
 def crashes(instruction: str, response: str, record: dict) -> float:
     """A judge bug (not bad input): the phase must exit 1 so the Job retries."""
     if os.environ.get("TPO_TEST_JUDGE_CRASH"):

@@ -786,6 +786,7 @@ def _eval_arms(
 def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
     from tpo.evaluate import category_tallies, require_rated, tally
     from tpo.judges import JudgeItem, load_judge
+    from tpo.length_control import evaluate_fields as lc_fields
 
     prompts = A.read_jsonl(run.eval_prompts)
     if spec.evaluation.prompts:
@@ -821,6 +822,15 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
     t = tally(outcomes, c_ok, b_ok)
     wr = require_rated(t, f"evaluation (iteration {iteration})")
     cats = category_tallies(outcomes, c_ok, b_ok, [p.get("category") for p in prompts], min_n=min_n)
+    # docs/length-controlled-win-rate.md: over the same rated prompts, where a raw rate is.
+    lc, lc_cats = lc_fields(
+        outcomes,
+        cand,
+        base,
+        [p.get("category") for p in prompts],
+        [c.category for c in cats if c.win_rate is not None],
+        seed=spec.generation.seed,
+    )
     rows = [
         {
             "prompt_id": p["prompt_id"],
@@ -848,6 +858,7 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         "win_rate": _rnd(wr.rate),
         "win_rate_low": _rnd(wr.low),
         "win_rate_high": _rnd(wr.high),
+        **lc,
         "wins": wr.wins,
         "ties": wr.ties,
         "losses": wr.losses,
@@ -862,7 +873,7 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         "baseline_parse_failure_rate": _rnd(t.baseline_parse_failure_rate),
         "eval_judge_mean_score": _rnd(cand_score),
         "baseline_judge_mean_score": _rnd(base_score),
-        "categories": [c.dump() for c in cats],
+        "categories": [{**c.dump(), **_lc_rate(lc_cats.get(c.category))} for c in cats],
     }
     _, separator = tp.resolved()
     for k, v in budget_summary(spec.generation.thought_budget if separator else None, cand).items():
@@ -877,6 +888,13 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         result["warnings"] = [*result.get("warnings", []), *warned, *probe[1]]
     A.write_json(run.eval_result(iteration), result)
     return result
+
+
+def _lc_rate(fields: dict[str, Any] | None) -> dict[str, Any]:
+    """A category's LC rate and interval only (not its weight or note): the category list
+    must fit the pod's 4096-byte termination message."""
+    keep = ("lc_win_rate", "lc_win_rate_low", "lc_win_rate_high")
+    return {k: v for k, v in (fields or {}).items() if k in keep}
 
 
 COMPARE_DIR_ENV = "TPO_COMPARE_RUN_DIR"  # the operator's Job names the other run's directory

@@ -843,6 +843,13 @@ class Condition(Model):
     observed_generation: int | None = None
 
 
+# docs/length-controlled-win-rate.md (tpo.length_control), beside every raw win rate.
+_LC = (
+    "Length-controlled win rate (AlpacaEval 2's GLM without its difficulty term): the win "
+    "rate predicted at equal response length; _low/_high its bootstrap 95% interval."
+)
+
+
 class CategoryWinRate(Model):
     """One category's head-to-head (tpo.evaluate.category_tallies): the rate is over the `n`
     rated prompts (wins + ties + losses); both-failed prompts are counted, never rated."""
@@ -854,6 +861,9 @@ class CategoryWinRate(Model):
     win_rate: float | None = None
     win_rate_low: float | None = None
     win_rate_high: float | None = None
+    lc_win_rate: float | None = Field(None, description=_LC)
+    lc_win_rate_low: float | None = None
+    lc_win_rate_high: float | None = None
     note: str | None = None
     prompts: int | None = Field(None, description="All eval prompts of the category.")
     wins: int | None = None
@@ -924,6 +934,13 @@ class IterationStatus(Model):
     win_rate: float | None = None
     win_rate_low: float | None = None
     win_rate_high: float | None = None
+    lc_win_rate: float | None = Field(None, description=_LC)
+    lc_win_rate_low: float | None = None
+    lc_win_rate_high: float | None = None
+    lc_length_weight: float | None = Field(
+        None, description="The GLM's weight on tanh(standardized length difference)."
+    )
+    lc_note: str | None = Field(None, description="Why LC equals raw (a degenerate input).")
     wins: int | None = None
     ties: int | None = None
     losses: int | None = None
