@@ -43,10 +43,17 @@ STEPS = [("prepare", 0), ("evaluate", 0)] + [
     (p, t) for t in (1, 2) for p in ("generate", "judge", "train", "evaluate")
 ]
 CI = {"win_rate_low": 0.2, "win_rate_high": 0.9}
+LC = {"lc_win_rate": 0.6, "lc_win_rate_low": 0.3, "lc_win_rate_high": 0.85}  # length-controlled
 CATEGORIES = {
-    0: [{"category": "math", "n": 3, "win_rate": 0.5, **CI}, {"category": "coding", "n": 1}],
-    1: [{"category": "math", "n": 3, "win_rate": 0.66, **CI}, {"category": "writing", "n": 2}],
-    2: [{"category": "math", "n": 3, "win_rate": 0.83, **CI}, {"category": "writing", "n": 3}],
+    0: [{"category": "math", "n": 3, "win_rate": 0.5, **CI, **LC}, {"category": "coding", "n": 1}],
+    1: [
+        {"category": "math", "n": 3, "win_rate": 0.66, **CI, **LC},
+        {"category": "writing", "n": 2},
+    ],
+    2: [
+        {"category": "math", "n": 3, "win_rate": 0.83, **CI, **LC},
+        {"category": "writing", "n": 3},
+    ],
 }
 # evaluation.compareWith (the direct twin): the two-arm result of iterations 1 and 2
 COMPARE = {

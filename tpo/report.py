@@ -24,6 +24,13 @@ def _wr(h: IterationStatus) -> str:
     return f"{h.win_rate:.3f} [{_f(h.win_rate_low)}, {_f(h.win_rate_high)}]"
 
 
+def _lc(x: IterationStatus | CategoryWinRate) -> str:
+    """LC win rate with its bootstrap interval (docs/length-controlled-win-rate.md)."""
+    if x.lc_win_rate is None:
+        return "-"
+    return f"{x.lc_win_rate:.3f} [{_f(x.lc_win_rate_low)}, {_f(x.lc_win_rate_high)}]"
+
+
 def _n(x: int | None) -> str:
     return "-" if x is None else str(x)
 
@@ -44,7 +51,11 @@ SUMMARY_LEGEND = (
     "and the baseline's, each over all eval prompts; *W / T / L / both failed*: eval prompts the "
     "candidate won, tied, lost, and where neither side parsed; *win rate*: over the n rated "
     "prompts (wins + ties + losses; ties count half): a prompt where both sides failed to parse "
-    "is no half win and is left out; *judge score*: mean pointwise score over all eval prompts "
+    "is no half win and is left out; *LC win rate*: length-controlled, over the same prompts: "
+    "the win rate a GLM of the judge's preference on the response length difference predicts at "
+    "equal length, with a bootstrap interval (docs/length-controlled-win-rate.md); far below the "
+    "raw rate, the wins came with longer responses; *judge score*: mean pointwise score over all "
+    "eval prompts "
     "(an unparsed output scores 0); *thought / response tok*: means over the candidate's parsed "
     "eval outputs (over the training samples' parsed ones before evaluation)."
 )
@@ -53,10 +64,11 @@ SUMMARY_LEGEND = (
 def summary_table(status: TPORunStatus) -> str:
     head = (
         "| iter | pairs (yield) | parse fail (gen) | cut | no verdict "
-        "| eval parse fail (model / base) | W / T / L / both failed | win rate [95% CI] | n "
+        "| eval parse fail (model / base) | W / T / L / both failed | win rate [95% CI] "
+        "| LC win rate [95% CI] | n "
         "| judge score (model / base) | thought tok | response tok |"
     )
-    rows = [head, "|" + "---|" * 12]
+    rows = [head, "|" + "---|" * 13]
     for h in status.history:
         label = "0 (seed: thoughts vs direct)" if h.iteration == 0 else str(h.iteration)
         pairs = "-" if h.pairs is None else f"{h.pairs} ({_f(h.pair_yield, '.2f')})"
@@ -64,7 +76,7 @@ def summary_table(status: TPORunStatus) -> str:
             f"| {label} | {pairs} | {_f(h.parse_failure_rate)} | {_f(h.truncated_rate)} "
             f"| {_f(h.judge_no_verdict_rate)} "
             f"| {_f(h.eval_parse_failure_rate)} / {_f(h.baseline_parse_failure_rate)} "
-            f"| {_outcomes(h)} | {_wr(h)} | {_n(h.n)} "
+            f"| {_outcomes(h)} | {_wr(h)} | {_lc(h)} | {_n(h.n)} "
             f"| {_f(h.eval_judge_mean_score)} / {_f(h.baseline_judge_mean_score)} "
             f"| {_f(h.mean_thought_tokens, '.1f')} | {_f(h.mean_response_tokens, '.1f')} |"
         )
@@ -96,14 +108,14 @@ def category_table(h: IterationStatus) -> str:
     if not h.categories:
         return ""
     rows = [
-        "| category | n | win rate [95% CI] | prompts | W / T / L / both failed "
-        "| eval parse fail (model / base) |",
-        "|---|---|---|---|---|---|",
+        "| category | n | win rate [95% CI] | LC win rate [95% CI] | prompts "
+        "| W / T / L / both failed | eval parse fail (model / base) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in h.categories:
         counts = "-" if c.wins is None else f"{c.wins} / {c.ties} / {c.losses} / {c.both_failed}"
         rows.append(
-            f"| {c.category} | {c.n} | {_cat_cell(c)} | {_n(c.prompts)} | {counts} "
+            f"| {c.category} | {c.n} | {_cat_cell(c)} | {_lc(c)} | {_n(c.prompts)} | {counts} "
             f"| {_f(c.parse_failure_rate)} / {_f(c.baseline_parse_failure_rate)} |"
         )
     return "\n".join(rows)
@@ -244,6 +256,10 @@ def figure(status: TPORunStatus, spec: TPORunSpec) -> Any:
         for h in rated:
             top = h.win_rate_high if h.win_rate_high is not None else h.win_rate
             _label(ax1, h.iteration, top, f"{h.win_rate:.3f}", "C0")
+    lc = [h for h in hist if h.lc_win_rate is not None]
+    if lc:  # beside the raw rate: what it would be at equal response length
+        ax1.plot([h.iteration for h in lc], [h.lc_win_rate for h in lc], marker="D", mfc="white",
+                 color="C4", linestyle=":", label="length-controlled (LC) win rate")  # fmt: skip
     other = spec.evaluation.compare_with
     versus = [h for h in hist if h.compare is not None and h.compare.win_rate is not None]
     if other and versus:

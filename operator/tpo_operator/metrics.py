@@ -86,6 +86,17 @@ ITERATION_GAUGES: dict[str, Gauge] = {
     "win_rate": _g("tpo_iteration_win_rate", "Win rate vs the baseline (ties count half), 0-1."),
     "win_rate_low": _g("tpo_iteration_win_rate_low", "Lower end of the win rate's 95% interval."),
     "win_rate_high": _g("tpo_iteration_win_rate_high", "Upper end of the win rate's 95% interval."),
+    "lc_win_rate": _g(
+        "tpo_iteration_lc_win_rate",
+        "Length-controlled win rate vs the baseline (0-1): the win rate predicted at equal "
+        "response length (docs/length-controlled-win-rate.md), over the same rated prompts.",
+    ),
+    "lc_win_rate_low": _g(
+        "tpo_iteration_lc_win_rate_low", "Lower end of the LC win rate's bootstrap 95% interval."
+    ),
+    "lc_win_rate_high": _g(
+        "tpo_iteration_lc_win_rate_high", "Upper end of the LC win rate's bootstrap 95% interval."
+    ),
     "mean_thought_tokens": _g(
         "tpo_iteration_thought_tokens", "Mean thought length in tokens (eval outputs)."
     ),
@@ -202,6 +213,21 @@ CATEGORY_WIN_RATE_HIGH = _g(
     "Upper end of the category win rate's 95% interval.",
     (*ITER, "category"),
 )
+CATEGORY_LC_WIN_RATE = _g(
+    "tpo_category_lc_win_rate",
+    "Length-controlled win rate per instruction category, 0-1 (where it has a raw rate).",
+    (*ITER, "category"),
+)
+CATEGORY_LC_WIN_RATE_LOW = _g(
+    "tpo_category_lc_win_rate_low",
+    "Lower end of the category LC win rate's bootstrap 95% interval.",
+    (*ITER, "category"),
+)
+CATEGORY_LC_WIN_RATE_HIGH = _g(
+    "tpo_category_lc_win_rate_high",
+    "Upper end of the category LC win rate's bootstrap 95% interval.",
+    (*ITER, "category"),
+)
 # Two arms (evaluation.compareWith): label `other` is the other TPORun's name, one per run.
 COMPARE = (*ITER, "other")
 COMPARE_GAUGES: dict[str, Gauge] = {
@@ -242,6 +268,9 @@ PER_RUN: tuple[Gauge, ...] = (
     CATEGORY_OUTCOMES,
     CATEGORY_WIN_RATE_LOW,
     CATEGORY_WIN_RATE_HIGH,
+    CATEGORY_LC_WIN_RATE,
+    CATEGORY_LC_WIN_RATE_LOW,
+    CATEGORY_LC_WIN_RATE_HIGH,
     *COMPARE_GAUGES.values(),
     COMPARE_CATEGORY_WIN_RATE,
     COMPARE_CATEGORY_PROMPTS,
@@ -334,6 +363,9 @@ def run_series(namespace: str, name: str, status: TPORunStatus) -> Series:
                 (CATEGORY_WIN_RATE, cat.win_rate),
                 (CATEGORY_WIN_RATE_LOW, cat.win_rate_low),
                 (CATEGORY_WIN_RATE_HIGH, cat.win_rate_high),
+                (CATEGORY_LC_WIN_RATE, cat.lc_win_rate),
+                (CATEGORY_LC_WIN_RATE_LOW, cat.lc_win_rate_low),
+                (CATEGORY_LC_WIN_RATE_HIGH, cat.lc_win_rate_high),
             ):
                 if value is not None:
                     out[(gauge, labels)] = float(value)

@@ -435,6 +435,9 @@ def summary(phase: str, iteration: int, shard: int = 0, shards: int = 1, **extra
                 "win_rate": 0.5 + 0.1 * iteration,
                 "win_rate_low": 0.3,
                 "win_rate_high": 0.8,
+                "lc_win_rate": 0.45 + 0.1 * iteration,  # docs/length-controlled-win-rate.md
+                "lc_win_rate_low": 0.25,
+                "lc_win_rate_high": 0.75,
                 "wins": 2 + iteration,
                 "ties": 0,
                 "losses": 2,
