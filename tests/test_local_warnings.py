@@ -49,8 +49,10 @@ def test_tpo_run_prints_each_warning_and_sets_the_condition(tmp_path, monkeypatc
         return [sys.executable, "-c", PHASE, str(self.run.path), phase, str(t)]
 
     monkeypatch.setattr(L.Runner, "command", command)
-    assert L.Runner(run, spec, quiet=True).execute() == 0
-    err = capsys.readouterr().err
+    assert L.Runner(run, spec).execute() == 0
+    out, err = capsys.readouterr()
+    (line,) = [x for x in out.splitlines() if "evaluate iter 1" in x]
+    assert "win_rate=0.6 n=5 both_failed=1" in line  # what the rate is over, beside it
     printed = [line for line in err.splitlines() if "guards.warn" in line]
     assert printed == [
         "iteration 1: warning: generate: 60% of samples failed to parse (6 of 10: 6 no "

@@ -396,8 +396,21 @@ def describe(summary: dict[str, Any]) -> str:
     """The few numbers of a phase summary worth a glance in the progress line."""
     keys = {
         "prepare": ("prompts_per_iteration", "eval_prompts"),
-        "generate": ("samples", "parse_failure_rate", "mean_thought_tokens", "tokens_per_second"),
-        "judge": ("pairs", "skipped_prompts", "judge_mean_score", "rho"),
+        "generate": (
+            "samples",
+            "parse_failure_rate",
+            "truncated_rate",
+            "mean_thought_tokens",
+            "tokens_per_second",
+        ),
+        "judge": (
+            "pairs",
+            "pair_yield",
+            "judge_no_verdict_rate",
+            "skipped_prompts",
+            "judge_mean_score",
+            "rho",
+        ),
         "train": ("steps", "train_loss", "reward_margin", "reward_accuracy"),
         "evaluate": (
             "win_rate",
