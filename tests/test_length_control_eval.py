@@ -18,7 +18,7 @@ from tpo.length_control import lc_win_rate, length_difference
 from tpo.spec import TPORunStatus, parse_spec
 from tpo.thoughts import split_output
 
-pytestmark = pytest.mark.slow  # two tiny models generate 96 outputs (90 s on 2 loaded cores)
+pytestmark = pytest.mark.slow  # two tiny models generate 96 outputs: 20-90 s on 2 cores, by load
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +110,13 @@ def test_the_summary_with_lc_fits_a_termination_message(evaluated):
     line = P.compact(result)
     assert len(line.encode()) <= 4096
     assert json.loads(line)["lc_win_rate"] == result["lc_win_rate"]
+
+
+def test_tpo_run_prints_lc_beside_the_raw_rate(evaluated):
+    from tpo.local import describe
+
+    _, result = evaluated
+    line = describe(result)
+    assert f"win_rate={result['win_rate']:.3g}" in line
+    assert f"lc_win_rate={result['lc_win_rate']:.3g}" in line
+    assert f"lc_win_rate_high={result['lc_win_rate_high']:.3g}" in line

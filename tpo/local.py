@@ -418,6 +418,9 @@ def describe(summary: dict[str, Any]) -> str:
             "win_rate_high",
             "n",  # what the rate is over: wins + ties + losses
             "both_failed",  # neither side parsed: counted, not rated
+            "lc_win_rate",  # length-controlled (docs/length-controlled-win-rate.md)
+            "lc_win_rate_low",
+            "lc_win_rate_high",
             "mean_thought_tokens",
         ),
     }[summary["phase"]]
