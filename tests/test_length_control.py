@@ -213,3 +213,30 @@ def test_any_input_gives_a_rate_inside_its_interval(rows):
     for v in (lc.rate, lc.low, lc.high):
         assert math.isfinite(v) and 0.0 <= v <= 1.0
     assert lc.low <= lc.rate <= lc.high
+
+
+def test_the_compare_with_head_to_head_gets_its_lc_rate_in_status_and_report():
+    """evaluation.compareWith: this run's M(t) vs the other run's M(t), fitted as the baseline
+    comparison is (tpo.phases._versus_summary), shown in report.md's two-arm table."""
+    from tpo.phases import _versus_summary
+    from tpo.report import comparison_table
+    from tpo.spec import IterationStatus, TPORunStatus
+
+    rng = np.random.default_rng(9)
+    d = rng.normal(60.0, 80.0, 60)
+    y = _judge(rng, d, quality=0.0, bias=3.0)  # the longer side wins, nothing else
+    prompts = [{"prompt_id": str(i), "category": None} for i in range(60)]
+    cand = [{"response": "x" * int(200 + v), "parse_ok": True, "thought_tokens": 1} for v in d]
+    other = [
+        {"response": "x" * 200, "parse_ok": True, "thought_tokens": 1, "response_tokens": 1}
+        for _ in d
+    ]
+    out = _versus_summary("twin", prompts, cand, other, y, None, None, 20, seed=0)
+    lc = lc_win_rate(y, [int(200 + v) - 200 for v in d], seed=0)
+    assert out["lc_win_rate"] == pytest.approx(lc.rate, abs=1e-4)
+    assert out["win_rate"] > 0.65 and out["lc_win_rate_low"] <= 0.5 <= out["lc_win_rate_high"]
+    status = TPORunStatus(history=[IterationStatus(iteration=1, compare=out)])
+    c = status.history[0].compare
+    assert c is not None and c.lc_win_rate == out["lc_win_rate"]
+    cell = f"{c.lc_win_rate:.3f} [{c.lc_win_rate_low:.3f}, {c.lc_win_rate_high:.3f}]"
+    assert f"| {cell} |" in comparison_table(status)

@@ -880,7 +880,15 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
         result[f"eval_{k}" if k != "thought_budget" else k] = v
     if spec.evaluation.compare_with and iteration > 0:
         result["compare"] = _versus_summary(
-            spec.evaluation.compare_with, prompts, cand, other, versus, other_score, note, min_n
+            spec.evaluation.compare_with,
+            prompts,
+            cand,
+            other,
+            versus,
+            other_score,
+            note,
+            min_n,
+            seed=spec.generation.seed,
         )
     fields, warned = ifeval_guard.evaluate_fields(spec, run, iteration, ifeval, ifeval_rows)
     result.update(fields, **probe[0])
@@ -891,8 +899,8 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
 
 
 def _lc_rate(fields: dict[str, Any] | None) -> dict[str, Any]:
-    """A category's LC rate and interval only (not its weight or note): the category list
-    must fit the pod's 4096-byte termination message."""
+    """An LC rate and interval only (not the weight or note), as a category or the compareWith
+    record carries it: those lists must fit the pod's 4096-byte termination message."""
     keep = ("lc_win_rate", "lc_win_rate_low", "lc_win_rate_high")
     return {k: v for k, v in (fields or {}).items() if k in keep}
 
@@ -950,10 +958,13 @@ def _versus_summary(
     other_score: float | None,
     note: str | None,
     min_n: int,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The compareWith head-to-head, counted as the baseline's is (both-failed left out);
-    nothing to rate is a note here, not a failure: the comparison is the secondary result."""
+    nothing to rate is a note here, not a failure: the comparison is the secondary result.
+    Its length-controlled rate is fitted as the baseline's (docs/length-controlled-win-rate.md)."""
     from tpo.evaluate import category_tallies, tally
+    from tpo.length_control import evaluate_fields as lc_fields
 
     if other is None or outcomes is None:
         return {"run": name, "note": note or "the judge returned no usable verdict"}
@@ -964,11 +975,20 @@ def _versus_summary(
     wr = t.rate
     cats = category_tallies(outcomes, c_ok, o_ok, [p.get("category") for p in prompts], min_n=min_n)
     ok = [r for r in other if r["parse_ok"]]
+    lc, lc_cats = lc_fields(
+        outcomes,
+        cand,
+        other,
+        [p.get("category") for p in prompts],
+        [c.category for c in cats if c.win_rate is not None],
+        seed=seed,
+    )
     return {
         "run": name,
         "win_rate": _rnd(wr.rate),
         "win_rate_low": _rnd(wr.low),
         "win_rate_high": _rnd(wr.high),
+        **_lc_rate(lc),
         "wins": wr.wins,
         "ties": wr.ties,
         "losses": wr.losses,
@@ -979,7 +999,7 @@ def _versus_summary(
         "judge_mean_score": _rnd(other_score),
         "mean_thought_tokens": _rnd(mean([r["thought_tokens"] for r in ok]), 2),
         "mean_response_tokens": _rnd(mean([r["response_tokens"] for r in ok]), 2),
-        "categories": [c.dump() for c in cats],
+        "categories": [{**c.dump(), **_lc_rate(lc_cats.get(c.category))} for c in cats],
     }
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from tpo import artifacts as A
 from tpo.artifacts import RunDir
-from tpo.spec import CategoryWinRate, IterationStatus, TPORunSpec, TPORunStatus
+from tpo.spec import CategoryWinRate, CompareStatus, IterationStatus, TPORunSpec, TPORunStatus
 
 
 def _f(x: float | None, fmt: str = ".3f") -> str:
@@ -24,7 +24,7 @@ def _wr(h: IterationStatus) -> str:
     return f"{h.win_rate:.3f} [{_f(h.win_rate_low)}, {_f(h.win_rate_high)}]"
 
 
-def _lc(x: IterationStatus | CategoryWinRate) -> str:
+def _lc(x: IterationStatus | CategoryWinRate | CompareStatus) -> str:
     """LC win rate with its bootstrap interval (docs/length-controlled-win-rate.md)."""
     if x.lc_win_rate is None:
         return "-"
@@ -151,19 +151,19 @@ def comparison_table(status: TPORunStatus) -> str:
     if not hist:
         return ""
     rows = [
-        "| iter | win rate vs other [95% CI] | W / T / L / both failed "
+        "| iter | win rate vs other [95% CI] | LC win rate [95% CI] | W / T / L / both failed "
         "| judge score (this / other) | thought tok (this / other) | response tok (this / other) |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for h in hist:
         c = h.compare
         assert c is not None
         if c.win_rate is None:
-            rows.append(f"| {h.iteration} | not compared: {c.note or '-'} | | | | |")
+            rows.append(f"| {h.iteration} | not compared: {c.note or '-'} | | | | | |")
             continue
         rows.append(
             f"| {h.iteration} | {c.win_rate:.3f} [{_f(c.win_rate_low)}, {_f(c.win_rate_high)}] "
-            f"| {c.wins} / {c.ties} / {c.losses} / {_n(c.both_failed)} "
+            f"| {_lc(c)} | {c.wins} / {c.ties} / {c.losses} / {_n(c.both_failed)} "
             f"| {_f(h.eval_judge_mean_score)} / {_f(c.judge_mean_score)} "
             f"| {_f(h.mean_thought_tokens, '.1f')} / {_f(c.mean_thought_tokens, '.1f')} "
             f"| {_f(h.mean_response_tokens, '.1f')} / {_f(c.mean_response_tokens, '.1f')} |"

@@ -898,6 +898,9 @@ class CompareStatus(Model):
     win_rate: float | None = None
     win_rate_low: float | None = None
     win_rate_high: float | None = None
+    lc_win_rate: float | None = Field(None, description=_LC)
+    lc_win_rate_low: float | None = None
+    lc_win_rate_high: float | None = None
     wins: int | None = None
     ties: int | None = None
     losses: int | None = None

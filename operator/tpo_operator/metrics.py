@@ -242,6 +242,21 @@ COMPARE_GAUGES: dict[str, Gauge] = {
     "win_rate_high": _g(
         "tpo_compare_win_rate_high", "Upper end of the two-arm win rate's 95% interval.", COMPARE
     ),
+    "lc_win_rate": _g(
+        "tpo_compare_lc_win_rate",
+        "Length-controlled two-arm win rate (docs/length-controlled-win-rate.md), 0-1.",
+        COMPARE,
+    ),
+    "lc_win_rate_low": _g(
+        "tpo_compare_lc_win_rate_low",
+        "Lower end of the two-arm LC win rate's bootstrap 95% interval.",
+        COMPARE,
+    ),
+    "lc_win_rate_high": _g(
+        "tpo_compare_lc_win_rate_high",
+        "Upper end of the two-arm LC win rate's bootstrap 95% interval.",
+        COMPARE,
+    ),
 }
 COMPARE_CATEGORY_WIN_RATE = _g(
     "tpo_compare_category_win_rate",
