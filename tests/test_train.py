@@ -213,6 +213,40 @@ def test_lora_merged_output_is_a_plain_model(tiny_lm, tmp_path):
     assert 0 < changed < total  # adapted linears changed; embeddings and norms did not
 
 
+def test_the_trained_model_is_freed_before_publish_reloads_the_base(tiny_lm, tmp_path, monkeypatch):
+    """publish() loads the base again for the LoRA merge; the trainer's model (and its optimizer
+    state) must be gone by then, else both sit in memory at once (the real model's peak)."""
+    import weakref
+
+    from transformers import TrainerCallback
+
+    import tpo.train as T
+
+    held: list[weakref.ref] = []
+
+    class Grab(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            held.append(weakref.ref(model))
+
+    alive_at_publish: list[bool] = []
+    real_publish = T.publish
+
+    def publish(*a, **kw):
+        alive_at_publish.append(held[0]() is not None)
+        return real_publish(*a, **kw)
+
+    monkeypatch.setattr(T, "publish", publish)
+    T.train_dpo(
+        spec_for(tiny_lm, tmp_path, epochs=1, lora={"enabled": True, "r": 4}),
+        base_model=tiny_lm,
+        pairs=make_pairs(),
+        out_dir=tmp_path / "model",
+        work_dir=tmp_path / "work",
+        callbacks=[Grab()],
+    )
+    assert alive_at_publish == [False]
+
+
 class Crash(Exception):
     pass
 

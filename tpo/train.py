@@ -364,20 +364,38 @@ def train_dpo(
         # else rank 0's plain reload of the base (LoRA merge) is partitioned: a collective
         # that the other ranks never join, and it hangs
         unset_hf_deepspeed_config()
+    log_history, steps = trainer.state.log_history, trainer.state.global_step
+    # publish() loads the base again (LoRA merge); without this the trained model, its
+    # optimizer state and the heap the train step grew (glibc keeps freed memory) stay
+    # resident under it: +1.2 GB peak for SmolLM2-135M (benchmarks/README.md, real model).
+    del trainer
+    release_memory()
     if rank() == 0:
         publish(staging, out_dir, base, tr.lora.enabled, tokenizer, spec.model.dtype)
         clean_work_dir(work_dir)
     _barrier()
     _shutdown_distributed()
     return summarize(
-        trainer.state.log_history,
+        log_history,
         train_loss=result.training_loss if not math.isnan(result.training_loss) else None,
-        steps=trainer.state.global_step,
+        steps=steps,
         resumed_from_step=_step_of(resume),
         pairs=len(rows),
         seconds=round(time.time() - started, 3),
         model_path=str(out_dir),
     )
+
+
+def release_memory() -> None:
+    """Collect what the trainer held and hand freed heap back to the OS (glibc's malloc_trim),
+    so the next allocation does not stack on memory that is free but still resident."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def clean_work_dir(work_dir: Path) -> None:
