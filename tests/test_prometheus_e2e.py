@@ -216,6 +216,12 @@ def finished_run(stack: dict[str, Any]) -> dict[str, Any]:
             ctl.crash(job, "CUDA error: out of memory")
             cluster.wait_status(RUN, lambda s: s.get("retries", {}).get("generate") == 1)
         extra = {"categories": CATEGORIES[t]} if phase == "evaluate" else {}
+        if phase == "evaluate":  # the IFEval guard every iteration; the judge probe at 0
+            strict = 0.4 - 0.05 * t
+            extra.update(ifeval_strict=strict, ifeval_loose=strict + 0.1, ifeval_prompts=10)
+            extra.update(ifeval_strict_drop=0.4 - strict, ifeval_loose_drop=0.4 - strict)
+            if t == 0:
+                extra.update(judge_probe_rate=0.1, judge_probe_n=10, judge_probe_preferred=1)
         if (phase, t) == ("judge", 2):  # a guard warned: the "Guard warnings" panel
             measures = guards.judge_measures(replies=20, unread=0, pairs=2, prompts=10)
             extra["warnings"] = [w.model_dump() for w in guards.warn(Guards(), measures)]
