@@ -158,7 +158,7 @@ def with_progress(
         # the run's last step, whatever progress the operator happened to see before it (a
         # restarted operator may have missed the final step's readings): one status per outcome
         last = "evaluate"
-        updated = prev.updated_at if prev and prev.updated_at else now
+        updated = prev.updated_at if prev else now  # unchanged by a restart: one status
         new: RunProgress | None = finished_progress(last, status.iteration, updated)
         if prev is not None and prev.percent == 100.0 and prev.phase == last:
             new = prev
