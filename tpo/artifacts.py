@@ -106,6 +106,10 @@ class RunDir:
     def eval_outputs(self, iteration: int) -> Path:
         return self.iter_dir(iteration) / "eval-outputs.jsonl"
 
+    def ifeval(self, iteration: int) -> Path:
+        """The IFEval guard's per-prompt results (tpo/ifeval_guard.py)."""
+        return self.iter_dir(iteration) / "ifeval.jsonl"
+
     def exports_dir(self, iteration: int) -> Path:
         """M(t)'s evaluation outputs in the field's formats (tpo/exports.py, docs/exports.md)."""
         return self.iter_dir(iteration) / "exports"

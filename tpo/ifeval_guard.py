@@ -298,7 +298,7 @@ def records(spec: Any, prompts: Sequence[dict]) -> list[dict]:
 
 def outputs_path(run: Any, iteration: int) -> Path:
     """Per-prompt IFEval results of iteration t (beside eval.json)."""
-    return run.iter_dir(iteration) / "ifeval.jsonl"
+    return run.ifeval(iteration)  # the layout lives in tpo.artifacts
 
 
 def evaluate_fields(
