@@ -784,9 +784,8 @@ def _eval_arms(
 
 
 def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: int) -> dict:
-    from tpo.evaluate import category_tallies, require_rated, tally
+    from tpo.evaluate import require_rated, tally
     from tpo.judges import JudgeItem, load_judge
-    from tpo.length_control import evaluate_fields as lc_fields
 
     prompts = A.read_jsonl(run.eval_prompts)
     if spec.evaluation.prompts:
@@ -821,15 +820,9 @@ def evaluate(spec: TPORunSpec, run: RunDir, iteration: int, index: int, count: i
     c_ok, b_ok = [bool(r["parse_ok"]) for r in cand], [bool(r["parse_ok"]) for r in base]
     t = tally(outcomes, c_ok, b_ok)
     wr = require_rated(t, f"evaluation (iteration {iteration})")
-    cats = category_tallies(outcomes, c_ok, b_ok, [p.get("category") for p in prompts], min_n=min_n)
     # docs/length-controlled-win-rate.md: over the same rated prompts, where a raw rate is.
-    lc, lc_cats = lc_fields(
-        outcomes,
-        cand,
-        base,
-        [p.get("category") for p in prompts],
-        [c.category for c in cats if c.win_rate is not None],
-        seed=spec.generation.seed,
+    cats, lc, lc_cats = _categories_and_lc(
+        outcomes, cand, base, prompts, c_ok, b_ok, min_n, spec.generation.seed
     )
     rows = [
         {
@@ -951,6 +944,28 @@ def _other_arm(
     return _eval_outputs(spec, str(model), prompts, arm, ospec.generation)["other"], None
 
 
+def _categories_and_lc(
+    outcomes: list[Any],
+    cand: list[dict],
+    base: list[dict],
+    prompts: list[dict],
+    c_ok: list[bool],
+    b_ok: list[bool],
+    min_n: int,
+    seed: int,
+) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """Per-category counts and the length-controlled rates, over exactly the prompts the raw
+    rate is over: one rule for the baseline head-to-head and the compareWith one."""
+    from tpo.evaluate import category_tallies
+    from tpo.length_control import evaluate_fields as lc_fields
+
+    categories = [p.get("category") for p in prompts]
+    cats = category_tallies(outcomes, c_ok, b_ok, categories, min_n=min_n)
+    rated = [c.category for c in cats if c.win_rate is not None]
+    lc, lc_cats = lc_fields(outcomes, cand, base, categories, rated, seed=seed)
+    return cats, lc, lc_cats
+
+
 def _versus_summary(
     name: str,
     prompts: list[dict],
@@ -965,8 +980,7 @@ def _versus_summary(
     """The compareWith head-to-head, counted as the baseline's is (both-failed left out);
     nothing to rate is a note here, not a failure: the comparison is the secondary result.
     Its length-controlled rate is fitted as the baseline's (docs/length-controlled-win-rate.md)."""
-    from tpo.evaluate import category_tallies, tally
-    from tpo.length_control import evaluate_fields as lc_fields
+    from tpo.evaluate import tally
 
     if other is None or outcomes is None:
         return {"run": name, "note": note or "the judge returned no usable verdict"}
@@ -975,16 +989,8 @@ def _versus_summary(
     if t.rate is None:
         return {"run": name, "note": f"no prompt left to rate ({t.counts()})"}
     wr = t.rate
-    cats = category_tallies(outcomes, c_ok, o_ok, [p.get("category") for p in prompts], min_n=min_n)
+    cats, lc, lc_cats = _categories_and_lc(outcomes, cand, other, prompts, c_ok, o_ok, min_n, seed)
     ok = [r for r in other if r["parse_ok"]]
-    lc, lc_cats = lc_fields(
-        outcomes,
-        cand,
-        other,
-        [p.get("category") for p in prompts],
-        [c.category for c in cats if c.win_rate is not None],
-        seed=seed,
-    )
     return {
         "run": name,
         "win_rate": _rnd(wr.rate),
