@@ -4,7 +4,8 @@ Recognizable fake values are planted where the real ones would be, then everythi
 an attacker could read is searched for them:
 
 - operator (real kopf against the emulated API): the Secrets exist in the emulator; a
-  3-iteration run with `model.tokenSecretRef` and `judge.endpoint.apiKeySecretRef` goes to
+  3-iteration run with `model.tokenSecretRef`, `dataset.hub.tokenSecret` and
+  `judge.endpoint.apiKeySecretRef` goes to
   Succeeded; searched: every log record of the process (kopf and the operator), the TPORun
   and its status, events, Jobs, pods, Services, PVCs, the metrics exposition, `tpo render`.
   The Jobs must reference both secrets (secretKeyRef), so the search is not vacuous; the
@@ -38,7 +39,8 @@ from tpo.artifacts import RunDir
 
 TOKEN = "hf_FAKE-SECRET-TOKEN-7f3a9c1d"
 API_KEY = "sk-FAKE-JUDGE-KEY-b41e55aa"
-SECRETS = (TOKEN, API_KEY)
+DATASET_TOKEN = "hf_FAKE-DATASET-TOKEN-0c9e2b7d"
+SECRETS = (TOKEN, API_KEY, DATASET_TOKEN)
 TESTS = Path(__file__).resolve().parents[1]
 
 
@@ -73,6 +75,11 @@ def test_operator_never_exposes_the_secrets(tmp_path):
     doc = manifest(
         iterations=3,
         model={"hubId": "org/seed", "tokenSecretRef": {"name": "hf-token", "key": "token"}},
+        dataset={
+            "hub": {"id": "org/prompts", "tokenSecret": {"name": "ds-token", "key": "token"}},
+            "promptsPerIteration": 4,
+            "evalPrompts": 4,
+        },
         judge={
             "type": "endpoint",
             "endpoint": {
@@ -91,6 +98,7 @@ def test_operator_never_exposes_the_secrets(tmp_path):
         with Cluster(tmp_path) as cluster, Operator(cluster, metrics_port=0):
             cluster.create("secrets", secret("hf-token", "token", TOKEN))
             cluster.create("secrets", secret("judge-key", "api-key", API_KEY))
+            cluster.create("secrets", secret("ds-token", "token", DATASET_TOKEN))
             cluster.create_run(doc)
             ctl = JobController(cluster)
             for phase, t in steps(3):
@@ -112,9 +120,14 @@ def test_operator_never_exposes_the_secrets(tmp_path):
         for env in job["spec"]["template"]["spec"]["containers"][0]["env"]:
             ref = (env.get("valueFrom") or {}).get("secretKeyRef")
             if ref:
-                refs.add((env["name"], ref["name"], ref["key"]))
-    assert ("HF_TOKEN", "hf-token", "token") in refs
-    assert ("TPO_JUDGE_API_KEY", "judge-key", "api-key") in refs
+                refs.add((job["metadata"]["name"], env["name"], ref["name"], ref["key"]))
+    assert {r[1:] for r in refs} == {
+        ("HF_TOKEN", "hf-token", "token"),
+        ("TPO_JUDGE_API_KEY", "judge-key", "api-key"),
+        ("TPO_DATASET_TOKEN", "ds-token", "token"),
+    }
+    # the dataset token goes to the one pod that reads the hub dataset
+    assert {r[0] for r in refs if r[1] == "TPO_DATASET_TOKEN"} == {"demo-prepare-0"}
     assert len(objects["events"]) > 10 and len(capture.lines) > 50
     # ... and appear nowhere
     for res, items in objects.items():
