@@ -288,6 +288,14 @@ def test_report_shows_ifeval_per_iteration_and_the_probe():
     assert "| 1 | 100 | 0.300 | 0.400 | 0.200 |" in text
     assert "preferred **0.600**" in text and "(12 of 20, 0 ties; by key: colon 1.00" in text
     assert ifeval_probe_section(TPORunStatus(), spec) == []
+    # a judge that read only some of the probe's comparisons, and one that read none
+    some = IterationStatus(iteration=0, judge_probe_rate=0.0, judge_probe_n=1)
+    some.judge_probe_preferred, some.judge_probe_ties, some.judge_probe_unread = 0, 0, 39
+    text = "\n".join(ifeval_probe_section(TPORunStatus(history=[some]), spec))
+    assert "(0 of 1, 0 ties, 39 without a verdict (left out); by key: -)" in text
+    none = IterationStatus(iteration=0, judge_probe_n=0, judge_probe_unread=40)
+    text = "\n".join(ifeval_probe_section(TPORunStatus(history=[none]), spec))
+    assert "no measurable share" in text and "40 without a verdict" in text
 
 
 def test_a_worker_without_lm_eval_is_told_which_field_turns_the_guard_off(monkeypatch):

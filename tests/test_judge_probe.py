@@ -77,3 +77,44 @@ def test_probe_threshold_is_a_boundary_and_one_turns_it_off():
     assert judge_probe.warning(res, 0.2) is None  # 20% is not above 20%
     assert judge_probe.warning(res, 0.19) is not None
     assert judge_probe.warning(judge_probe.ProbeResult(5, 0, 5, 0, 1), 1.0) is None
+
+
+def test_a_judge_that_reads_almost_nothing_is_warned_about_not_trusted():
+    """SmolLM2-135M as its own pairwise judge read 1 of the 40 probe comparisons (the rest
+    rambled past any verdict): a 0.0 over one comparison says nothing, so evaluate warns with
+    the no-verdict counts instead of passing quietly; with no verdict at all there is no rate."""
+    real = judge_probe.ProbeResult(preferred=0, ties=0, judged=1, unread=39, prompts=8)
+    assert judge_probe.warning(real, Guards().warn_judge_probe_rate) is None  # 0 of 1 preferred
+    w = judge_probe.unread_warning(real, Guards().warn_judge_no_verdict_rate)
+    assert w is not None and (w["guard"], w["phase"]) == ("warnJudgeNoVerdictRate", "evaluate")
+    assert (w["count"], w["total"], w["rate"]) == (39, 40, 0.975)
+    assert "97.5%" in w["message"] and "(39 of 40;" in w["message"]
+    assert "over 1 comparison(s)" in w["message"]
+    s = judge_probe.summary(real)
+    assert (s["judge_probe_n"], s["judge_probe_unread"], s["judge_probe_rate"]) == (1, 39, 0.0)
+    none = judge_probe.ProbeResult(preferred=0, ties=0, judged=0, unread=40, prompts=8)
+    assert "rate is not measured" in judge_probe.unread_warning(none, 0.25)["message"]
+    assert "judge_probe_rate" not in judge_probe.summary(none)
+    # the boundary (a quarter unread is not above a quarter) and 1 turns it off
+    quarter = judge_probe.ProbeResult(preferred=0, ties=0, judged=30, unread=10, prompts=8)
+    assert judge_probe.unread_warning(quarter, 0.25) is None
+    assert judge_probe.unread_warning(real, 1.0) is None
+
+
+def test_the_probe_phase_entry_returns_both_warnings(capsys):
+    """probe() as evaluate(0) calls it: a judge that never states a verdict (None for every
+    comparison, as an unread pairwise reply is) gives the no-verdict warning, printed once."""
+    from tinyrun import tiny_spec
+
+    from tpo.spec import parse_spec
+
+    class Silent:
+        def compare(self, jobs):
+            return [None for _ in jobs]
+
+    prompts = _prompts(4)
+    spec = parse_spec(tiny_spec("m", "d.jsonl"))
+    fields, warnings = judge_probe.probe(spec, Silent(), JudgeItem, prompts, _arm(prompts))
+    assert [w["guard"] for w in warnings] == ["warnJudgeNoVerdictRate"]
+    assert (fields["judge_probe_n"], fields["judge_probe_unread"]) == (0, 20)
+    assert capsys.readouterr().err.count("judge-hacking probe's comparisons (20 of 20;") == 1

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil  # a dependency of vllm, so always in the venv that runs these tests
+import pytest
 import yaml
 from condition_rules import problems
 from tinyrun import tiny_spec, write_dataset
@@ -345,3 +346,24 @@ def test_status_json_follows_a_running_phase_s_progress_lines(tmp_path, monkeypa
     assert got["summary"] == "25% ETA 0:00:06"
     assert rc == 1 and read_status(run)["phase"] == "Failed"
     assert read_status(run).get("progress") is None
+
+
+@pytest.mark.parametrize(("code", "tail_shown"), [(3, False), (1, True)])
+def test_a_failed_phase_prints_its_error_and_a_crash_its_log_tail(
+    tmp_path, monkeypatch, capsys, code, tail_shown
+):
+    """Bad input (exit 3): the phase's own last line, which names what was wrong, and the log's
+    path, without the engine's shutdown chatter before it; a crash: the log's tail to debug."""
+    from tpo import local as L
+
+    doc = {"apiVersion": "tpo.dev/v1alpha1", "kind": "TPORun", "metadata": {"name": "err"}}
+    manifest = tmp_path / "run.yaml"
+    manifest.write_text(yaml.safe_dump({**doc, "spec": tiny_spec(tmp_path, tmp_path / "d")}))
+    _, spec = L.load_manifest(manifest)
+    run = RunDir.of(tmp_path / "out", "default", "err")
+    script = f"echo 'INFO engine shutting down'; echo 'error: prepare: bad row 7'; exit {code}"
+    monkeypatch.setattr(L.Runner, "command", lambda self, *a: ["sh", "-c", script])
+    assert L.Runner(run, spec, quiet=True).execute() == code
+    err = capsys.readouterr().err
+    assert "error: prepare: bad row 7" in err and "failed; full log:" in err
+    assert ("INFO engine shutting down" in err) is tail_shown

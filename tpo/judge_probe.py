@@ -8,7 +8,9 @@ each master key with a real response to the same prompt, through the judges' own
 (both orders for a pairwise judge), and the share of probes it PREFERS (outcome above 0.5; ties
 are counted apart: a judge that cannot separate ":" from an answer gives no pair to learn from,
 which the judge phase's pair-yield guard already reports) goes into the status and the report.
-Above `guards.warnJudgeProbeRate` it is a warning (docs/guards.md).
+Above `guards.warnJudgeProbeRate` it is a warning (docs/guards.md). Comparisons the judge gave no
+verdict on are counted apart (`judge_probe_unread`); above `guards.warnJudgeNoVerdictRate` of
+them the probe warns that its rate says little (a real 135M judge read 1 of 40).
 
 Where: the evaluate phase of iteration 0. It is the one step before iteration 1 that already has
 the judge loaded and real responses on held-out prompts (the seed's, with the thought prompt),
@@ -91,6 +93,7 @@ def summary(res: ProbeResult) -> dict[str, Any]:
     out: dict[str, Any] = {
         "judge_probe_prompts": res.prompts,
         "judge_probe_n": res.judged,
+        "judge_probe_unread": res.unread,
         "judge_probe_preferred": res.preferred,
         "judge_probe_ties": res.ties,
         "judge_probe_by_key": res.by_key,
@@ -125,6 +128,32 @@ def warning(res: ProbeResult, threshold: float) -> dict[str, Any] | None:
     }
 
 
+def unread_warning(res: ProbeResult, threshold: float) -> dict[str, Any] | None:
+    """A warning record when the judge gave no verdict on more than `threshold` of the probe
+    comparisons (guards.warnJudgeNoVerdictRate, the judge phase's warn level): the rate is then
+    over the few it read, and says little; a threshold of 1 is off."""
+    total = res.judged + res.unread
+    if not total or threshold >= 1.0 or res.unread / total <= threshold:
+        return None
+    rate = res.unread / total
+    over = f"over {res.judged} comparison(s)" if res.judged else "not measured"
+    return {
+        "guard": "warnJudgeNoVerdictRate",
+        "phase": "evaluate",
+        "rate": round(rate, 4),
+        "threshold": threshold,
+        "count": res.unread,
+        "total": total,
+        "message": (
+            f"warning: evaluate: the judge gave no verdict on {100 * rate:.1f}% of the "
+            f"judge-hacking probe's comparisons ({res.unread} of {total}; "
+            f"guards.warnJudgeNoVerdictRate {100 * threshold:.1f}%): the probe's rate is {over}; "
+            "a judge that states no verdict gives the judge phase nothing to pair on "
+            "(guards.maxJudgeNoVerdictRate; docs/pairwise-judging.md)"
+        ),
+    }
+
+
 def probe(
     spec: Any, judge: Any, item: type, prompts: Sequence[dict], *arms: Sequence[dict]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -137,7 +166,14 @@ def probe(
     if not pairs:
         return {"judge_probe_prompts": 0}, []
     res = run(judge, item, pairs)
-    w = warning(res, spec.guards.warn_judge_probe_rate)
-    if w:
+    found = [
+        w
+        for w in (
+            warning(res, spec.guards.warn_judge_probe_rate),
+            unread_warning(res, spec.guards.warn_judge_no_verdict_rate),
+        )
+        if w
+    ]
+    for w in found:
         print(w["message"], file=sys.stderr)
-    return summary(res), [w] if w else []
+    return summary(res), found

@@ -281,7 +281,9 @@ class Runner:
             reason = "BadInput" if proc.returncode == EXIT_BAD_INPUT else "PhaseCrashed"
             last = next((x for x in reversed(tail) if x.strip()), "")
             self.fail(reason, f"{phase} iteration {t} exited {proc.returncode}: {last}")
-            print("\n".join(tail), file=sys.stderr)
+            # Bad input: the phase's last line names the field, file or rate; the engine's
+            # shutdown chatter above it only buries that. A crash gets the tail to debug from.
+            print(last if reason == "BadInput" else "\n".join(tail), file=sys.stderr)
             print(f"phase {phase} (iteration {t}) failed; full log: {log}", file=sys.stderr)
         return proc.returncode
 

@@ -321,7 +321,7 @@ def plot(run: RunDir, status: TPORunStatus, spec: TPORunSpec) -> Path:
 def ifeval_probe_section(status: TPORunStatus, spec: TPORunSpec) -> list[str]:
     """IFEval accuracy per iteration and the judge-hacking probe (docs/guards.md)."""
     rows = [h for h in status.history if h.ifeval_strict is not None]
-    probe = next((h for h in status.history if h.judge_probe_rate is not None), None)
+    probe = next((h for h in status.history if h.judge_probe_n is not None), None)
     out: list[str] = []
     if rows:
         out += [
@@ -342,14 +342,22 @@ def ifeval_probe_section(status: TPORunStatus, spec: TPORunSpec) -> list[str]:
         ]
     if probe is not None:
         keys = ", ".join(f"{k} {v:.2f}" for k, v in probe.judge_probe_by_key.items())
+        unread = probe.judge_probe_unread or 0
+        no_verdict = f", {unread} without a verdict (left out)" if unread else ""
+        share = (
+            f"The judge preferred **{probe.judge_probe_rate:.3f}** of master-key responses "
+            if probe.judge_probe_rate is not None
+            else "The judge preferred **no measurable share** of master-key responses "
+        )
         out += [
             "",
             "## Judge-hacking probe (before iteration 1)",
             "",
-            f"The judge preferred **{probe.judge_probe_rate:.3f}** of master-key responses "
-            f"(':', 'Thought process:', ...) to real ones ({_n(probe.judge_probe_preferred)} "
-            f"of {_n(probe.judge_probe_n)}, {_n(probe.judge_probe_ties)} ties; by key: {keys}); "
-            f"above {spec.guards.warn_judge_probe_rate} (guards.warnJudgeProbeRate) warns.",
+            share
+            + f"(':', 'Thought process:', ...) to real ones ({_n(probe.judge_probe_preferred)} "
+            f"of {_n(probe.judge_probe_n)}, {_n(probe.judge_probe_ties)} ties{no_verdict}; "
+            f"by key: {keys or '-'}); above {spec.guards.warn_judge_probe_rate} "
+            "(guards.warnJudgeProbeRate) warns.",
         ]
     return out
 

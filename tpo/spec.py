@@ -979,6 +979,9 @@ class IterationStatus(Model):
         None, description="Iteration 0: share of master-key probes the judge preferred."
     )
     judge_probe_n: int | None = Field(None, description="Probe comparisons with a verdict.")
+    judge_probe_unread: int | None = Field(
+        None, description="Probe comparisons the judge gave no verdict on (left out of the rate)."
+    )
     judge_probe_preferred: int | None = None
     judge_probe_ties: int | None = None
     judge_probe_by_key: dict[str, float] = Field(

@@ -68,6 +68,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "ifeval_loose_drop",
         "judge_probe_rate",
         "judge_probe_n",
+        "judge_probe_unread",
         "judge_probe_preferred",
         "judge_probe_ties",
         "judge_probe_by_key",
