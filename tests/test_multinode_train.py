@@ -24,7 +24,7 @@ from tpo import artifacts as A
 from tpo.artifacts import RunDir
 from tpo.spec import parse_spec
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = pytest.mark.timeout(900)  # hang guard: ~1 min quiet
 
 NAMESPACE, RUN, PAIRS = "ns", "mn", 16
 VENV_BIN = Path(sys.executable).parent
