@@ -123,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         phase_tps, bare_tps, phase_wall, bare_wall = [], [], [], []
         seeded_tps: list[float] = []
         for rep in range(a.repeats):
-            order = ("phase", "bare", "seeded") if rep % 2 == 0 else ("seeded", "bare", "phase")
             if a.quick:  # one engine start fewer: the bare sides share one process
-                order = ("phase", "both")
+                order: tuple[str, ...] = ("phase", "both")
+            else:
+                order = ("phase", "bare", "seeded") if rep % 2 == 0 else ("seeded", "bare", "phase")
             for side in order:
                 if side == "phase":
                     run = Path(tmp) / f"run-{rep}"

@@ -3,7 +3,7 @@ it flags a judge that prefers a colon to an answer, and passes the demo's judge.
 
 from __future__ import annotations
 
-from tpo import judge_probe
+from tpo import guards, judge_probe
 from tpo.judges import JudgeItem, load_judge
 from tpo.spec import Guards, Judge
 from tpo.tiny import task
@@ -79,13 +79,20 @@ def test_probe_threshold_is_a_boundary_and_one_turns_it_off():
     assert judge_probe.warning(judge_probe.ProbeResult(5, 0, 5, 0, 1), 1.0) is None
 
 
+def unread_warning(res: judge_probe.ProbeResult, threshold: float = 0.25) -> dict | None:
+    """The probe's no-verdict warning, through the guards' own warn levels."""
+    g = Guards(warn_judge_no_verdict_rate=threshold)
+    found = guards.warn(g, [judge_probe.unread_measure(res)])
+    return found[0].model_dump() if found else None
+
+
 def test_a_judge_that_reads_almost_nothing_is_warned_about_not_trusted():
     """SmolLM2-135M as its own pairwise judge read 1 of the 40 probe comparisons (the rest
     rambled past any verdict): a 0.0 over one comparison says nothing, so evaluate warns with
     the no-verdict counts instead of passing quietly; with no verdict at all there is no rate."""
     real = judge_probe.ProbeResult(preferred=0, ties=0, judged=1, unread=39, prompts=8)
     assert judge_probe.warning(real, Guards().warn_judge_probe_rate) is None  # 0 of 1 preferred
-    w = judge_probe.unread_warning(real, Guards().warn_judge_no_verdict_rate)
+    w = unread_warning(real, Guards().warn_judge_no_verdict_rate)
     assert w is not None and (w["guard"], w["phase"]) == ("warnJudgeNoVerdictRate", "evaluate")
     assert (w["count"], w["total"], w["rate"]) == (39, 40, 0.975)
     assert "97.5%" in w["message"] and "(39 of 40;" in w["message"]
@@ -93,12 +100,12 @@ def test_a_judge_that_reads_almost_nothing_is_warned_about_not_trusted():
     s = judge_probe.summary(real)
     assert (s["judge_probe_n"], s["judge_probe_unread"], s["judge_probe_rate"]) == (1, 39, 0.0)
     none = judge_probe.ProbeResult(preferred=0, ties=0, judged=0, unread=40, prompts=8)
-    assert "rate is not measured" in judge_probe.unread_warning(none, 0.25)["message"]
+    assert "rate is not measured" in unread_warning(none, 0.25)["message"]
     assert "judge_probe_rate" not in judge_probe.summary(none)
     # the boundary (a quarter unread is not above a quarter) and 1 turns it off
     quarter = judge_probe.ProbeResult(preferred=0, ties=0, judged=30, unread=10, prompts=8)
-    assert judge_probe.unread_warning(quarter, 0.25) is None
-    assert judge_probe.unread_warning(real, 1.0) is None
+    assert unread_warning(quarter, 0.25) is None
+    assert unread_warning(real, 1.0) is None
 
 
 def test_the_probe_phase_entry_returns_both_warnings(capsys):

@@ -28,7 +28,7 @@ class Measure:
     what: str  # "of samples failed to parse", completing "<phase>: 97.5% <what>"
     count: int
     total: int
-    fail_field: str  # Guards attribute names (snake_case)
+    fail_field: str | None  # Guards attribute names (snake_case); None: a warning only
     warn_field: str
     cause: str
     detail: str = ""  # e.g. the breakdown by failure kind
@@ -68,11 +68,12 @@ def warn(guards: Guards, measures: list[Measure]) -> list[GuardWarning]:
         if m.total <= 0:
             continue
         rate = m.count / m.total
-        fail, level = getattr(guards, m.fail_field), getattr(guards, m.warn_field)
-        crossed_fail = rate < fail if m.low_is_bad else rate > fail
+        level = getattr(guards, m.warn_field)
+        if m.fail_field is not None:
+            fail = getattr(guards, m.fail_field)
+            if rate < fail if m.low_is_bad else rate > fail:
+                raise GuardTripped(message(m, fail, m.fail_field))
         crossed_warn = rate < level if m.low_is_bad else rate > level
-        if crossed_fail:
-            raise GuardTripped(message(m, fail, m.fail_field))
         if crossed_warn:
             warnings.append(
                 GuardWarning(

@@ -24,6 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tpo import guards
+from tpo.guards import Measure
+
 # (name, the response it makes from the instruction). After the paper's master keys: a lone
 # punctuation mark, reasoning openers with no reasoning, a near-empty answer, and the
 # instruction echoed back as if it were the answer.
@@ -128,30 +131,23 @@ def warning(res: ProbeResult, threshold: float) -> dict[str, Any] | None:
     }
 
 
-def unread_warning(res: ProbeResult, threshold: float) -> dict[str, Any] | None:
-    """A warning record when the judge gave no verdict on more than `threshold` of the probe
-    comparisons (guards.warnJudgeNoVerdictRate, the judge phase's warn level): the rate is then
-    over the few it read, and says little; a threshold of 1 is off."""
-    total = res.judged + res.unread
-    if not total or threshold >= 1.0 or res.unread / total <= threshold:
-        return None
-    rate = res.unread / total
+def unread_measure(res: ProbeResult) -> Measure:
+    """The probe's comparisons without a verdict, against the judge phase's warn level
+    (guards.warnJudgeNoVerdictRate) and no fail level: past it the probe's rate is over the few
+    comparisons the judge read, and says little; evaluate goes on (the judge phase's own guard
+    stops a judge that reads nothing)."""
     over = f"over {res.judged} comparison(s)" if res.judged else "not measured"
-    return {
-        "guard": "warnJudgeNoVerdictRate",
-        "phase": "evaluate",
-        "rate": round(rate, 4),
-        "threshold": threshold,
-        "count": res.unread,
-        "total": total,
-        "message": (
-            f"warning: evaluate: the judge gave no verdict on {100 * rate:.1f}% of the "
-            f"judge-hacking probe's comparisons ({res.unread} of {total}; "
-            f"guards.warnJudgeNoVerdictRate {100 * threshold:.1f}%): the probe's rate is {over}; "
-            "a judge that states no verdict gives the judge phase nothing to pair on "
-            "(guards.maxJudgeNoVerdictRate; docs/pairwise-judging.md)"
-        ),
-    }
+    return Measure(
+        "evaluate",
+        "of the judge-hacking probe's comparisons",
+        res.unread,
+        res.judged + res.unread,
+        None,
+        "warn_judge_no_verdict_rate",
+        f"got no verdict, so the probe's rate is {over}; a judge that states no verdict gives "
+        "the judge phase nothing to pair on (guards.maxJudgeNoVerdictRate; "
+        "docs/pairwise-judging.md)",
+    )
 
 
 def probe(
@@ -166,14 +162,9 @@ def probe(
     if not pairs:
         return {"judge_probe_prompts": 0}, []
     res = run(judge, item, pairs)
-    found = [
-        w
-        for w in (
-            warning(res, spec.guards.warn_judge_probe_rate),
-            unread_warning(res, spec.guards.warn_judge_no_verdict_rate),
-        )
-        if w
-    ]
-    for w in found:
+    found = [w.model_dump() for w in guards.warn(spec.guards, [unread_measure(res)])]
+    w = warning(res, spec.guards.warn_judge_probe_rate)
+    if w:
         print(w["message"], file=sys.stderr)
+        found.insert(0, w)
     return summary(res), found
