@@ -44,7 +44,7 @@ from kubeemu import NAMESPACE, Emulator, JobSim, Write, pods_of
 
 # A wait returns as soon as its state holds: the limit only matters when something is wrong, so
 # it is sized for a loaded 2-core CI machine (the suite beside other jobs ran 2.5x slower).
-WAIT = 60.0
+WAIT = 120.0
 
 
 class Cluster:
