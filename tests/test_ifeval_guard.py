@@ -177,6 +177,9 @@ def test_the_thought_is_stripped_and_a_parse_failure_follows_nothing():
     rec = _one("punctuation:no_comma", {})
     acc = G.accuracy([rec, rec], [ok.response, failed.response if failed.parse_ok else None])
     assert [r["strict"] for r in acc.rows] == [True, False]
+    # counted as failing, and counted: the figure says how much of it is format, not following
+    assert [r["parsed"] for r in acc.rows] == [True, False] and acc.unparsed == 1
+    assert G.summary(acc, None)["ifeval_unparsed"] == 1
 
 
 def test_drop_against_the_seed_warns_past_the_threshold():
@@ -187,6 +190,9 @@ def test_drop_against_the_seed_warns_past_the_threshold():
     w = G.drop_warning(now, 0.1)
     assert w is not None and w["guard"] == "warnIfevalDrop" and w["count"] == 20
     assert "60.0% -> 40.0% over 50 prompts" in w["message"]
+    assert "did not parse" not in w["message"]
+    fmt = G.drop_warning({**now, "ifeval_unparsed": 7}, 0.1)
+    assert fmt is not None and "7 of the 50 responses did not parse" in fmt["message"]
     assert G.drop_warning(now, 0.2) is None  # a drop equal to the threshold is not past it
     assert G.drop_warning(now, 1.0) is None
     better = G.summary(G.Accuracy(strict=0.9, loose=0.9, n=50, rows=[]), seed)
@@ -223,6 +229,7 @@ def test_evaluate_reports_ifeval_and_the_probe_and_warns_on_a_drop(tmp_path, tin
     assert "ifeval_strict_drop" not in e0
     rows = A.read_jsonl(G.outputs_path(run, 0))
     assert len(rows) == 4 and e0["ifeval_strict"] == sum(r["strict"] for r in rows) / 4
+    assert e0["ifeval_unparsed"] == sum(not r["parsed"] for r in rows)
     assert [r["checks"] for r in rows] == [[c] for c in G.CHECKS[:4]]
     # ":", "Thought process:" and the step-by-step opener beat every real response.
     assert (e0["judge_probe_prompts"], e0["judge_probe_n"]) == (4, 20)
@@ -248,6 +255,7 @@ def test_evaluate_reports_ifeval_and_the_probe_and_warns_on_a_drop(tmp_path, tin
         status = apply_summary(status, s)
     h0, h1 = status.history
     assert h0.ifeval_strict == e0["ifeval_strict"] and h0.judge_probe_rate == 0.6
+    assert h0.ifeval_unparsed == e0["ifeval_unparsed"]
     assert h1.ifeval_strict_drop == e1["ifeval_strict_drop"]
     cond = next(c for c in set_quality(status, "now").conditions if c.type == "QualityWarning")
     assert cond.status == "True"
@@ -268,6 +276,7 @@ def test_report_shows_ifeval_per_iteration_and_the_probe():
                 ifeval_strict=0.5,
                 ifeval_loose=0.6,
                 ifeval_prompts=100,
+                ifeval_unparsed=0,
                 judge_probe_rate=0.6,
                 judge_probe_n=20,
                 judge_probe_preferred=12,
@@ -279,13 +288,14 @@ def test_report_shows_ifeval_per_iteration_and_the_probe():
                 ifeval_strict=0.3,
                 ifeval_loose=0.4,
                 ifeval_prompts=100,
+                ifeval_unparsed=12,
                 ifeval_strict_drop=0.2,
             ),
         ]
     )
     text = "\n".join(ifeval_probe_section(status, spec))
-    assert "| 0 | 100 | 0.500 | 0.600 | - |" in text
-    assert "| 1 | 100 | 0.300 | 0.400 | 0.200 |" in text
+    assert "| 0 | 100 | 0 | 0.500 | 0.600 | - |" in text
+    assert "| 1 | 100 | 12 | 0.300 | 0.400 | 0.200 |" in text
     assert "preferred **0.600**" in text and "(12 of 20, 0 ties; by key: colon 1.00" in text
     assert ifeval_probe_section(TPORunStatus(), spec) == []
     # a judge that read only some of the probe's comparisons, and one that read none

@@ -194,7 +194,8 @@ class Accuracy:
     strict: float
     loose: float
     n: int
-    rows: list[dict]  # per prompt: prompt_id, check, strict, loose
+    rows: list[dict]  # per prompt: prompt_id, check, strict, loose, parsed
+    unparsed: int = 0  # prompts whose response did not parse: counted as following nothing
 
 
 def accuracy(records: Sequence[dict], responses: Sequence[str | None]) -> Accuracy:
@@ -224,6 +225,7 @@ def accuracy(records: Sequence[dict], responses: Sequence[str | None]) -> Accura
                 "checks": list(spec["instruction_id_list"]),
                 "strict": bool(strict),
                 "loose": bool(loose),
+                "parsed": bool(text.strip()),
             }
         )
     n = len(rows)
@@ -232,6 +234,7 @@ def accuracy(records: Sequence[dict], responses: Sequence[str | None]) -> Accura
         loose=sum(r["loose"] for r in rows) / n,
         n=n,
         rows=rows,
+        unparsed=sum(not r["parsed"] for r in rows),
     )
 
 
@@ -242,6 +245,7 @@ def summary(acc: Accuracy, seed: dict[str, Any] | None) -> dict[str, Any]:
         "ifeval_strict": round(acc.strict, 4),
         "ifeval_loose": round(acc.loose, 4),
         "ifeval_prompts": acc.n,
+        "ifeval_unparsed": acc.unparsed,
     }
     if seed and seed.get("ifeval_strict") is not None:
         out["ifeval_strict_drop"] = round(float(seed["ifeval_strict"]) - acc.strict, 4)
@@ -259,6 +263,14 @@ def drop_warning(fields: dict[str, Any], threshold: float) -> dict[str, Any] | N
     n = int(fields["ifeval_prompts"])
     now = float(fields["ifeval_strict"])
     seed = now + float(drop)
+    unparsed = int(fields.get("ifeval_unparsed") or 0)
+    why = (
+        f"; {unparsed} of the {n} responses did not parse (no separator or truncated) and "
+        "count as following nothing: the thought format, not only the following, may have "
+        "slipped"
+        if unparsed
+        else ""
+    )
     return {
         "guard": "warnIfevalDrop",
         "phase": "evaluate",
@@ -269,8 +281,8 @@ def drop_warning(fields: dict[str, Any], threshold: float) -> dict[str, Any] | N
         "message": (
             f"warning: evaluate: IFEval prompt-level strict accuracy fell {100 * drop:.1f} "
             f"points below the seed's ({100 * seed:.1f}% -> {100 * now:.1f}% over {n} prompts; "
-            f"guards.warnIfevalDrop {100 * threshold:.1f} points): thinking may be costing "
-            "instruction following (docs/guards.md)"
+            f"guards.warnIfevalDrop {100 * threshold:.1f} points){why}: thinking may be "
+            "costing instruction following (docs/guards.md)"
         ),
     }
 

@@ -328,16 +328,17 @@ def ifeval_probe_section(status: TPORunStatus, spec: TPORunSpec) -> list[str]:
             "",
             "## Instruction following (IFEval)",
             "",
-            "| iter | prompts | strict | loose | strict drop vs seed |",
-            "|---|---|---|---|---|",
+            "| iter | prompts | unparsed | strict | loose | strict drop vs seed |",
+            "|---|---|---|---|---|---|",
             *(
-                f"| {h.iteration} | {_n(h.ifeval_prompts)} | {_f(h.ifeval_strict)} "
-                f"| {_f(h.ifeval_loose)} | {_f(h.ifeval_strict_drop)} |"
+                f"| {h.iteration} | {_n(h.ifeval_prompts)} | {_n(h.ifeval_unparsed)} "
+                f"| {_f(h.ifeval_strict)} | {_f(h.ifeval_loose)} | {_f(h.ifeval_strict_drop)} |"
                 for h in rows
             ),
             "",
             "Prompt-level accuracy by lm-eval's IFEval checkers on the response with the "
-            f"thought stripped; a drop above {spec.guards.warn_ifeval_drop} "
+            "thought stripped, over all the prompts: an unparsed response (no separator, "
+            f"truncated) counts as failing. A drop above {spec.guards.warn_ifeval_drop} "
             "(guards.warnIfevalDrop) warns.",
         ]
     if probe is not None:

@@ -971,6 +971,9 @@ class IterationStatus(Model):
     )
     ifeval_loose: float | None = Field(None, description="IFEval prompt-level loose accuracy.")
     ifeval_prompts: int | None = Field(None, description="Prompts the IFEval figures are over.")
+    ifeval_unparsed: int | None = Field(
+        None, description="IFEval prompts whose response did not parse (counted as failing)."
+    )
     ifeval_strict_drop: float | None = Field(
         None, description="The seed's strict accuracy minus this iteration's."
     )

@@ -64,6 +64,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "ifeval_strict",
         "ifeval_loose",
         "ifeval_prompts",
+        "ifeval_unparsed",
         "ifeval_strict_drop",
         "ifeval_loose_drop",
         "judge_probe_rate",
